@@ -1,0 +1,57 @@
+"""Image conversions between the dataset's uint8, the model's [-1, 1] float
+range and files on disk."""
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+
+def normalize_images(images):
+    """uint8 [0, 255] -> float32 [-1, 1] exactly as the reference loader
+    (``x * (2 / 255) - 1`` in float32); float input is returned unchanged."""
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) * (2.0 / 255) - 1.0
+    return images
+
+
+def to_uint8(images):
+    """[-1, 1] floats (numpy or tensor) -> uint8 numpy array."""
+    images = np.asarray(images, dtype=np.float32)
+    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def save_image(array, path, quality=95):
+    """Write a uint8 HxWx3 array (or a PIL image) atomically; the format
+    follows the extension."""
+    image = array if isinstance(array, Image.Image) else Image.fromarray(np.asarray(array))
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        kwargs = {"quality": quality} if suffix.lower() in (".jpg", ".jpeg") else {}
+        image.save(tmp, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(text, path):
+    """Write a text file atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".txt", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def resize(array, size, resample=Image.BICUBIC):
+    """Resize a uint8 HxWx3 array to size x size with Pillow."""
+    return np.asarray(Image.fromarray(np.asarray(array)).resize((size, size), resample))

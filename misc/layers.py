@@ -1,0 +1,300 @@
+"""Keras layers that compute exactly what the reference StackGAN ops compute.
+
+Each weighted layer knows the variable names the reference graph (prettytensor
+on TensorFlow 0.11) gave its variables, so checkpoints written by the
+reference can be mapped onto our models by name (``reference_variables``).
+
+Reference semantics reproduced here (see ../shared/golden/README.md, Q3-Q10):
+  * convolutions have no bias, kernels ~ truncated normal(0.02), SAME padding;
+  * fully connected layers: weights ~ normal(0.02), bias 0, input flattened;
+  * transposed convolutions (the 'simple' network): weights ~ normal(0.02);
+  * batch norm: gamma ~ N(1, 0.02), beta 0, epsilon 1e-5; in training the
+    batch statistics are the single-pass E[x^2] - E[x]^2 (TF <= 0.12
+    ``tf.nn.moments``) and each call updates the moving statistics with the
+    plain exponential moving average ``v <- v - (v - x) * (1 - decay)``
+    (TF <= 0.11, no zero-debiasing); at inference the moving statistics are
+    used.  Under a multi-replica ``tf.distribute`` strategy the statistics are
+    summed over all replicas, so N replicas compute what one device computes
+    on the whole batch;
+  * up-sampling is the legacy nearest-neighbour resize (no half-pixel shift);
+  * leaky ReLU is ``max(x, 0.2 x)``.
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+
+class ReferenceNamer:
+    """Hands out layer names the way prettytensor numbered its method scopes.
+
+    Inside one network scope every call of a method name gets the next number:
+    ``custom_conv2d``, ``custom_conv2d_1``, ... (numbered independently per
+    method name).  Building a network in the reference's construction order
+    therefore reproduces its variable names.
+    """
+
+    def __init__(self):
+        self._counts = {}
+
+    def __call__(self, method):
+        index = self._counts.get(method, 0)
+        self._counts[method] = index + 1
+        return method if index == 0 else f"{method}_{index}"
+
+
+class ReferenceLayer(keras.layers.Layer):
+    """A layer whose variables have names in the reference checkpoints."""
+
+    def reference_variables(self):
+        """Map of reference variable name (below the network scope) -> variable."""
+        raise NotImplementedError
+
+
+class Conv2D(ReferenceLayer):
+    """Bias-free convolution, SAME padding (reference ``custom_conv2d``)."""
+
+    def __init__(self, filters, kernel_size, strides=1, stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.stddev = stddev
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.w = self.add_weight(
+            shape=(k, k, int(input_shape[-1]), self.filters),
+            initializer=keras.initializers.TruncatedNormal(stddev=self.stddev),
+            name="w",
+        )
+
+    def call(self, x):
+        w = tf.cast(self.w, x.dtype)
+        return tf.nn.conv2d(x, w, strides=self.strides, padding="SAME")
+
+    def reference_variables(self):
+        return {f"{self.name}/{self.name}/w": self.w}
+
+
+class Deconv2D(ReferenceLayer):
+    """Bias-free transposed convolution doubling the resolution
+    (reference ``custom_deconv2d`` with 4x4 kernels and stride 2)."""
+
+    def __init__(self, filters, kernel_size=4, strides=2, stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.stddev = stddev
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        # Transposed-conv filters are laid out [height, width, out, in].
+        self.w = self.add_weight(
+            shape=(k, k, self.filters, int(input_shape[-1])),
+            initializer=keras.initializers.RandomNormal(stddev=self.stddev),
+            name="w",
+        )
+
+    def call(self, x):
+        shape = tf.shape(x)
+        out_shape = tf.stack(
+            [shape[0], shape[1] * self.strides, shape[2] * self.strides, self.filters]
+        )
+        y = tf.nn.conv2d_transpose(
+            x, tf.cast(self.w, x.dtype), out_shape, strides=self.strides, padding="SAME"
+        )
+        static = x.shape
+        if static[1] is not None and static[2] is not None:
+            y = tf.ensure_shape(
+                y, (None, static[1] * self.strides, static[2] * self.strides, self.filters)
+            )
+        return y
+
+    def reference_variables(self):
+        return {f"{self.name}/{self.name}/w": self.w}
+
+
+class Dense(ReferenceLayer):
+    """Fully connected layer on the flattened input
+    (reference ``custom_fully_connected``: ``<name>/Linear/{Matrix,bias}``)."""
+
+    def __init__(self, units, stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.stddev = stddev
+
+    def build(self, input_shape):
+        fan_in = 1
+        for d in input_shape[1:]:
+            fan_in *= int(d)
+        self.matrix = self.add_weight(
+            shape=(fan_in, self.units),
+            initializer=keras.initializers.RandomNormal(stddev=self.stddev),
+            name="Matrix",
+        )
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        if x.shape.rank != 2:
+            x = tf.reshape(x, (tf.shape(x)[0], -1))
+        return tf.matmul(x, tf.cast(self.matrix, x.dtype)) + tf.cast(self.bias, x.dtype)
+
+    def reference_variables(self):
+        return {f"{self.name}/Linear/Matrix": self.matrix, f"{self.name}/Linear/bias": self.bias}
+
+
+# -- batch statistics recording (for numerical comparison with the reference) --
+
+_STAT_RECORDERS = []
+
+
+@contextlib.contextmanager
+def record_batch_statistics():
+    """Collect ``(layer, mean, variance)`` of every training-mode batch-norm
+    call made inside the block, in call order (eager execution only)."""
+    records = []
+    _STAT_RECORDERS.append(records)
+    try:
+        yield records
+    finally:
+        _STAT_RECORDERS.remove(records)
+
+
+def _replica_sum(values):
+    """Sum tensors over the replicas of the current tf.distribute strategy."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+class BatchNorm(ReferenceLayer):
+    """Batch normalisation with the reference (TF 0.11) semantics.
+
+    Works on NHWC maps (statistics over batch, height, width) and on (B, C)
+    features (statistics over the batch: the reference ``fc_batch_norm``).
+    ``scope`` is the reference variable scope below the network; it defaults
+    to ``<name>/<name>`` (prettytensor doubles the scope of ``conv_batch_norm``).
+    """
+
+    def __init__(self, decay=0.9, epsilon=1e-5, scope=None, **kwargs):
+        super().__init__(**kwargs)
+        self.decay = decay
+        self.epsilon = epsilon
+        self.scope = scope or f"{self.name}/{self.name}"
+
+    def build(self, input_shape):
+        channels = (int(input_shape[-1]),)
+        # Sync-BN makes every replica compute identical statistics, so taking
+        # the first replica's update of the moving statistics is exact.
+        self.moving_mean = self.add_weight(
+            shape=channels, initializer="zeros", trainable=False, name="mean",
+            aggregation="only_first_replica", autocast=False,
+        )
+        self.moving_variance = self.add_weight(
+            shape=channels, initializer="ones", trainable=False, name="variance",
+            aggregation="only_first_replica", autocast=False,
+        )
+        self.gamma = self.add_weight(
+            shape=channels,
+            initializer=keras.initializers.RandomNormal(mean=1.0, stddev=0.02),
+            name="gamma",
+        )
+        self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+
+    def batch_moments(self, x):
+        """Single-pass moments over all axes but the last, across replicas."""
+        x = tf.cast(x, tf.float32)
+        axes = list(range(x.shape.rank - 1))
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        total, total_sq, count = _replica_sum(
+            [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count]
+        )
+        divisor = tf.math.reciprocal(count)
+        mean = total * divisor
+        variance = total_sq * divisor - tf.square(mean)
+        return mean, variance
+
+    def update_moving_statistics(self, mean, variance):
+        rate = tf.constant(1.0 - self.decay, tf.float32)
+        self.moving_mean.assign_sub((self.moving_mean - mean) * rate)
+        self.moving_variance.assign_sub((self.moving_variance - variance) * rate)
+
+    def call(self, x, training=False):
+        if training:
+            mean, variance = self.batch_moments(x)
+            self.update_moving_statistics(mean, variance)
+            if _STAT_RECORDERS and tf.executing_eagerly():
+                _STAT_RECORDERS[-1].append((self, mean, variance))
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        dtype = x.dtype
+        y = tf.nn.batch_normalization(
+            tf.cast(x, tf.float32), mean, variance, self.beta, self.gamma, self.epsilon
+        )
+        return tf.cast(y, dtype)
+
+    def reference_variables(self):
+        return {
+            f"{self.scope}/mean": self.moving_mean,
+            f"{self.scope}/variance": self.moving_variance,
+            f"{self.scope}/gamma": self.gamma,
+            f"{self.scope}/beta": self.beta,
+        }
+
+
+def leaky_relu(x, leakiness=0.2):
+    return tf.maximum(x, leakiness * x)
+
+
+def resize_nearest(x, size):
+    """Legacy nearest-neighbour resize: source index = floor(dst * in / out)."""
+    return tf.compat.v1.image.resize_nearest_neighbor(
+        x, size, align_corners=False, half_pixel_centers=False
+    )
+
+
+def downsample_like_reference(images, size):
+    """The reference's legacy bilinear resize (no half-pixel shift); for an
+    integer ratio r it picks the top-left pixel of each r x r block."""
+    return tf.compat.v1.image.resize_bilinear(
+        images, size, align_corners=False, half_pixel_centers=False
+    )
+
+
+def tile_to_map(code, size):
+    """(B, C) -> (B, size, size, C), the code repeated at every position."""
+    return tf.tile(code[:, None, None, :], [1, size, size, 1])
+
+
+class Chain(keras.layers.Layer):
+    """Apply a list of layers and functions in order, passing ``training`` to
+    the layers that take it (batch norm)."""
+
+    def __init__(self, steps, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = list(steps)
+
+    def call(self, x, training=False):
+        for step in self.steps:
+            if isinstance(step, BatchNorm) or isinstance(step, Chain):
+                x = step(x, training=training)
+            else:
+                x = step(x)
+        return x
+
+
+def reference_variables(model, scope):
+    """All reference-named variables of ``model``: ``{scope/name: variable}``."""
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, ReferenceLayer):
+            for name, var in layer.reference_variables().items():
+                full = f"{scope}/{name}"
+                if full in found:
+                    raise ValueError(f"two layers of {scope} claim the variable name {full}")
+                found[full] = var
+    return found

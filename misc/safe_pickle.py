@@ -1,0 +1,129 @@
+"""Reading and writing the dataset pickles without running foreign code.
+
+A pickle can name any importable callable and make the unpickler call it, so
+loading an untrusted ``*.pickle`` file is equivalent to running a program.
+Dataset files (images, embeddings, filenames, class ids) only ever contain
+numpy arrays and plain Python containers, strings and numbers, so the
+unpickler here resolves exactly the globals that those need and refuses
+everything else with an error naming the file.
+
+Pickles written by Python 2 (the published StackGAN data) load too: their
+byte strings are decoded as latin-1, which is what numpy needs to rebuild
+arrays and what turns Python 2 ``str`` filenames into ``str``.
+"""
+
+import io
+import os
+import pickle
+import tempfile
+
+import numpy as np
+
+# Globals a numpy/py-container pickle may reference, keyed by (module, name).
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    # Protocol-2 pickles written by Python 3 encode bytes through this.
+    ("_codecs", "encode"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "dict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("builtins", "bytes"),
+    ("builtins", "str"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "complex"),
+    ("builtins", "bool"),
+}
+
+# numpy 2 moved numpy.core to numpy._core; old pickles name the old path.
+_MODULE_ALIASES = {
+    "numpy.core.multiarray": "numpy._core.multiarray",
+    "numpy.core.numeric": "numpy._core.numeric",
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle references something other than arrays and plain data."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1", fix_imports=True)
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafePickleError(
+                f"{self._path}: refused to load this pickle because it references "
+                f"'{module}.{name}'; dataset pickles may only contain numpy arrays "
+                "and plain lists, dicts, strings and numbers. Regenerate the file "
+                "from the original data (or with data/generate_shapes.py)."
+            )
+        module = _MODULE_ALIASES.get(module, module)
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            if module.startswith("numpy._core"):
+                return super().find_class(module.replace("numpy._core", "numpy.core"), name)
+            raise
+
+
+def load(path):
+    """Load a dataset pickle from ``path`` with the restricted unpickler.
+
+    Raises ``FileNotFoundError`` for a missing file and ``UnsafePickleError``
+    for a pickle that references anything but arrays and plain data; any other
+    decoding problem is re-raised as ``pickle.UnpicklingError`` naming the file.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), path).load()
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # truncated, not a pickle, wrong protocol, ...
+        raise pickle.UnpicklingError(
+            f"{path}: cannot read this file as a pickle ({type(exc).__name__}: {exc}). "
+            "The file is damaged or is not a dataset pickle; regenerate it."
+        ) from exc
+
+
+def dump(obj, path, protocol=2):
+    """Write ``obj`` to ``path`` atomically (temporary file, then rename).
+
+    Protocol 2 keeps the files readable by the original Python 2 code.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pickle", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=protocol)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def as_array(obj, path, dtype=None):
+    """``np.asarray`` that names ``path`` when the contents are ragged."""
+    try:
+        return np.asarray(obj, dtype=dtype)
+    except ValueError as exc:
+        raise ValueError(
+            f"{path}: the arrays in this pickle do not share one shape ({exc}); "
+            "every image must have the same size. Re-run the preprocessing."
+        ) from exc
