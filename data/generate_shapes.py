@@ -1,0 +1,328 @@
+"""Generate "shapes", a small synthetic captioned dataset in the StackGAN format.
+
+Each picture is one flat-coloured shape on a plain background.  Attributes:
+shape (5), object colour (6), background colour (4), size (3) and position
+(5).  The class id is ``shape_index * len(COLORS) + color_index``.  Pictures
+are drawn at 608 px with Pillow (drawing large and resizing down antialiases
+the edges) and then go through ``misc.preprocessing`` exactly like the
+photographs of the real datasets: ``prepare_image`` to 304 px, then a bicubic
+resize to 76 px.  Every palette colour of the objects has a 0 and a 255
+channel, so each picture spans 0..255, the reference byte-scaling is the
+identity and the stored pixels are exactly the palette colours.
+
+Objects stay inside the central 64/76 of the picture, so the 64 px (and
+256 px) training crops always contain the whole object.  All shapes are
+left-right symmetric, so the training flips keep them the same shape.
+
+Each picture gets ten captions (several templates, synonyms and word orders);
+every caption names the object colour and the shape, most also the
+background colour and the size.  The captions are embedded with
+``misc.text_encoder``.  Layout (as for birds/flowers)::
+
+    <out>/text_c10/<filename>.txt        10 captions, one per line
+    <out>/<split>/76images.pickle        list of uint8 (76, 76, 3)
+    <out>/<split>/304images.pickle       list of uint8 (304, 304, 3)  (hr=True)
+    <out>/<split>/char-CNN-RNN-embeddings.pickle   float32 (N, 10, 1024)
+    <out>/<split>/class_info.pickle      list of int
+    <out>/<split>/attributes.json        list of {shape, color, background, size, position}
+    <out>/<split>/filenames.pickle       list of "<color>_<shape>/shapes_<index>"
+
+``filenames.pickle`` is written last, so a dataset whose generation was
+interrupted is seen as missing by ``ensure_dataset``.
+
+Usage, from the repository root::
+
+    python data/generate_shapes.py [--out data/shapes] [--num-train N] [--num-test N] [--seed S]
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from misc import safe_pickle  # noqa: E402
+from misc.preprocessing import LOAD_SIZE, LR_SIZE, make_low_resolution, prepare_image  # noqa: E402
+from misc.text_encoder import encode_captions  # noqa: E402
+
+# ---------------------------------------------------------------- attributes
+# These definitions are the single source of truth; misc/shapes_attributes.py
+# measures pictures against them.
+
+SHAPES = ("circle", "square", "triangle", "diamond", "star")
+COLORS = {  # object colours: each has a 0 and a 255 channel (see module docstring)
+    "red": (255, 0, 0),
+    "orange": (255, 128, 0),
+    "yellow": (255, 255, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "purple": (128, 0, 255),
+}
+BACKGROUNDS = {  # none is close to an object colour
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "gray": (128, 128, 128),
+    "brown": (120, 72, 24),
+}
+# Object radius as a fraction of the picture width (the circumscribed circle).
+SIZES = {"small": 0.09, "medium": 0.15, "large": 0.23}
+SIZE_JITTER = 0.03  # relative
+# Direction of the object's centre from the picture centre (x right, y down).
+POSITIONS = {"center": (0, 0), "left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
+POSITION_OFFSET = 0.13  # fraction of the picture width
+POSITION_JITTER = 0.015
+ATTRIBUTES = ("shape", "color", "background", "size", "position")
+
+DRAW_SIZE = 2 * LOAD_SIZE
+NUM_CAPTIONS = 10
+EMBEDDING_DIM = 1024
+DEFAULT_NUM_TRAIN = 1200
+DEFAULT_NUM_TEST = 200
+SPLITS = ("train", "test")
+
+# Shape geometry, in units of the radius r around the centre.
+SQUARE_HALF_SIDE = 0.8
+DIAMOND_HALF_WIDTH = 0.7
+STAR_INNER_RADIUS = 0.45
+
+
+def class_id(shape, color):
+    """Class of a picture: one per (shape, object colour) pair."""
+    return SHAPES.index(shape) * len(COLORS) + list(COLORS).index(color)
+
+
+def _regular_polygon(cx, cy, radii, start_angle=-90.0):
+    """Vertices at the given radii, evenly spaced in angle, starting straight up."""
+    step = 360.0 / len(radii)
+    return [(cx + r * math.cos(math.radians(start_angle + i * step)),
+             cy + r * math.sin(math.radians(start_angle + i * step)))
+            for i, r in enumerate(radii)]
+
+
+def draw_shape(draw, shape, cx, cy, r, fill):
+    """Draw ``shape`` of radius ``r`` pixels centred on (cx, cy) with ``ImageDraw``."""
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        h = SQUARE_HALF_SIDE * r
+        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
+    elif shape == "triangle":  # equilateral, apex up; centroid at (cx, cy)
+        draw.polygon(_regular_polygon(cx, cy, [r] * 3), fill=fill)
+    elif shape == "diamond":
+        w = DIAMOND_HALF_WIDTH * r
+        draw.polygon([(cx, cy - r), (cx + w, cy), (cx, cy + r), (cx - w, cy)], fill=fill)
+    elif shape == "star":  # five points, one straight up
+        draw.polygon(_regular_polygon(cx, cy, [r, STAR_INNER_RADIUS * r] * 5), fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def render(attrs, size_jitter=1.0, offset_jitter=(0.0, 0.0), canvas=DRAW_SIZE):
+    """Draw one picture (uint8, canvas x canvas x 3) from its attributes."""
+    image = Image.new("RGB", (canvas, canvas), BACKGROUNDS[attrs["background"]])
+    dx, dy = POSITIONS[attrs["position"]]
+    cx = canvas * (0.5 + dx * POSITION_OFFSET + offset_jitter[0])
+    cy = canvas * (0.5 + dy * POSITION_OFFSET + offset_jitter[1])
+    radius = canvas * SIZES[attrs["size"]] * size_jitter
+    draw_shape(ImageDraw.Draw(image), attrs["shape"], cx, cy, radius, COLORS[attrs["color"]])
+    return np.asarray(image)
+
+
+# ------------------------------------------------------------------ captions
+
+SIZE_WORDS = {"small": ("small", "small", "little"),
+              "medium": ("medium", "medium-sized", "medium"),
+              "large": ("large", "large", "big")}
+POSITION_PHRASES = {"center": ("in the center", "in the middle"),
+                    "left": ("on the left", "on the left side"),
+                    "right": ("on the right", "on the right side"),
+                    "top": ("at the top", "near the top"),
+                    "bottom": ("at the bottom", "near the bottom")}
+BACKGROUND_WORDS = ("background", "background", "backdrop")
+CAPTION_TEMPLATES = (
+    "a {size} {color} {shape} on a {bg} {bgword}",
+    "a {color} {shape} {pos} on a {bg} {bgword}",
+    "this picture shows a {size} {color} {shape} against a {bg} {bgword}",
+    "there is a {size} {color} {shape} {pos}, the {bgword} is {bg}",
+    "{bg} {bgword} with a {size} {color} {shape} {pos}",
+    "the {shape} is {color} and {size} and the {bgword} is {bg}",
+    "a {color} {shape} on a plain {bg} {bgword}",
+    "one {size} {shape}, colored {color}, drawn {pos}",
+    "an image of a {color} {shape} that is {size}, on a {bg} {bgword}",
+    "a {size} {shape} in {color} over a {bg} {bgword}",
+    "a {color} {shape} on {bg}",
+    "the {bgword} is {bg} and a {size} {color} {shape} sits {pos}",
+)
+_ARTICLE_RE = re.compile(r"\ba (?=[aeiou])")
+
+
+def make_captions(attrs, rng, count=NUM_CAPTIONS):
+    """``count`` different captions for one picture, in random order."""
+    chosen = rng.choice(len(CAPTION_TEMPLATES), size=count, replace=False)
+    captions = []
+    for index in chosen:
+        text = CAPTION_TEMPLATES[index].format(
+            size=rng.choice(SIZE_WORDS[attrs["size"]]),
+            color=attrs["color"],
+            shape=attrs["shape"],
+            bg=attrs["background"],
+            bgword=rng.choice(BACKGROUND_WORDS),
+            pos=rng.choice(POSITION_PHRASES[attrs["position"]]),
+        )
+        captions.append(_ARTICLE_RE.sub("an ", text))
+    return captions
+
+
+# ------------------------------------------------------------------- dataset
+
+def sample_attributes(rng, count):
+    """``count`` attribute dicts: classes cycle evenly, the rest is uniform."""
+    classes = [(s, c) for s in SHAPES for c in COLORS]
+    order = np.concatenate([rng.permutation(len(classes))
+                            for _ in range(-(-count // len(classes)))])[:count]
+    samples = []
+    for k in order:
+        shape, color = classes[k]
+        samples.append({
+            "shape": shape,
+            "color": color,
+            "background": str(rng.choice(list(BACKGROUNDS))),
+            "size": str(rng.choice(list(SIZES))),
+            "position": str(rng.choice(list(POSITIONS))),
+        })
+    return samples
+
+
+def sample_jitter(rng):
+    """Random size factor and centre offset that keep every attribute unambiguous."""
+    size_jitter = 1.0 + rng.uniform(-SIZE_JITTER, SIZE_JITTER)
+    offset_jitter = tuple(rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=2))
+    return size_jitter, offset_jitter
+
+
+def make_images(attrs, size_jitter=1.0, offset_jitter=(0.0, 0.0)):
+    """The 304 px and 76 px pictures, through the real-dataset preprocessing."""
+    hr = prepare_image(render(attrs, size_jitter, offset_jitter), LOAD_SIZE)
+    return hr, make_low_resolution(hr, LR_SIZE)
+
+
+def _write_text_atomically(text, path):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_split(out_dir, split, first_index, count, rng, hr):
+    split_dir = os.path.join(out_dir, split)
+    attributes = sample_attributes(rng, count)
+    jitters = [sample_jitter(rng) for _ in attributes]
+    filenames, all_captions = [], []
+    for offset, attrs in enumerate(attributes):
+        filename = f"{attrs['color']}_{attrs['shape']}/shapes_{first_index + offset:06d}"
+        captions = make_captions(attrs, rng)
+        # Captions go to disk first; the pickles that list them come after.
+        _write_text_atomically("\n".join(captions) + "\n",
+                               os.path.join(out_dir, "text_c10", filename + ".txt"))
+        filenames.append(filename)
+        all_captions.extend(captions)
+
+    # All randomness is drawn above, so rendering in threads (Pillow releases
+    # the GIL while drawing and resizing) does not change the result.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        pairs = list(pool.map(lambda args: make_images(*args),
+                              [(a, sj, oj) for a, (sj, oj) in zip(attributes, jitters)]))
+    hr_images = [hr for hr, _ in pairs]
+    lr_images = [lr for _, lr in pairs]
+
+    embeddings = encode_captions(all_captions, dim=EMBEDDING_DIM).reshape(count, NUM_CAPTIONS, EMBEDDING_DIM)
+    if hr:
+        safe_pickle.dump(hr_images, os.path.join(split_dir, f"{LOAD_SIZE}images.pickle"))
+    safe_pickle.dump(lr_images, os.path.join(split_dir, f"{LR_SIZE}images.pickle"))
+    safe_pickle.dump(embeddings, os.path.join(split_dir, "char-CNN-RNN-embeddings.pickle"))
+    safe_pickle.dump([class_id(a["shape"], a["color"]) for a in attributes],
+                     os.path.join(split_dir, "class_info.pickle"))
+    _write_text_atomically("[\n" + ",\n".join(json.dumps(a) for a in attributes) + "\n]\n",
+                           os.path.join(split_dir, "attributes.json"))
+    safe_pickle.dump(filenames, os.path.join(split_dir, "filenames.pickle"))
+    return {"count": count, "embeddings": embeddings.shape}
+
+
+def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, seed=0, hr=True,
+             log=print):
+    """Write the dataset to ``out_dir`` (e.g. ``data/shapes``); same seed, same files.
+
+    With ``hr=False`` the 304 px pickles are not written (stage I only).
+    Returns a summary dict.
+    """
+    start = time.perf_counter()
+    # filenames.pickle marks a finished split: drop old ones first so that an
+    # interrupted regeneration is not mistaken for a complete dataset, and an
+    # old 304 px pickle that this run would not replace.
+    stale = ["filenames.pickle"] + ([] if hr else [f"{LOAD_SIZE}images.pickle"])
+    for path in (os.path.join(out_dir, split, name) for split in SPLITS for name in stale):
+        if os.path.exists(path):
+            os.remove(path)
+    rng = np.random.default_rng(seed)
+    summary = {"out_dir": out_dir, "seed": seed, "splits": {}}
+    first_index = 0
+    for split, count in (("train", num_train), ("test", num_test)):
+        summary["splits"][split] = _write_split(out_dir, split, first_index, count, rng, hr)
+        first_index += count
+    summary["seconds"] = time.perf_counter() - start
+    summary["megabytes"] = sum(os.path.getsize(os.path.join(out_dir, split, name))
+                               for split in SPLITS for name in os.listdir(os.path.join(out_dir, split))) / 1e6
+    sizes = ", ".join(f"{split} {info['count']}" for split, info in summary["splits"].items())
+    log(f"shapes dataset: {sizes} images ({len(SHAPES) * len(COLORS)} classes, "
+        f"{NUM_CAPTIONS} captions each, embeddings dim {EMBEDDING_DIM}"
+        f"{', with 304 px' if hr else ', 76 px only'}) in {out_dir}: "
+        f"{summary['megabytes']:.0f} MB of pickles in {summary['seconds']:.1f} s")
+    return summary
+
+
+def required_files(dataset_dir, hr=True):
+    """The files that make a complete dataset at ``dataset_dir``."""
+    names = ["76images.pickle", "char-CNN-RNN-embeddings.pickle", "class_info.pickle",
+             "attributes.json", "filenames.pickle"]
+    if hr:
+        names.append(f"{LOAD_SIZE}images.pickle")
+    return [os.path.join(dataset_dir, split, name) for split in SPLITS for name in names]
+
+
+def ensure_dataset(data_dir, name="shapes", hr=True, log=print, **generate_kwargs):
+    """Return ``<data_dir>/<name>``, generating the dataset there only if files are missing."""
+    dataset_dir = os.path.join(data_dir, name)
+    if not all(os.path.isfile(p) for p in required_files(dataset_dir, hr)):
+        generate(dataset_dir, hr=hr, log=log, **generate_kwargs)
+    return dataset_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="data/shapes", help="dataset folder (default: data/shapes)")
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
+    parser.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-hr", action="store_true", help="skip the 304 px pickles")
+    args = parser.parse_args(argv)
+    generate(args.out, args.num_train, args.num_test, args.seed, hr=not args.no_hr)
+
+
+if __name__ == "__main__":
+    main()

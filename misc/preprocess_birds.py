@@ -1,0 +1,78 @@
+"""Build the CUB-200-2011 (birds) image pickles from the original photographs.
+
+Usage, from the repository root::
+
+    python misc/preprocess_birds.py [--data-dir data/birds]
+
+Expects ``<data-dir>/CUB_200_2011/`` (the Caltech-UCSD Birds-200-2011
+archive) and ``<data-dir>/{train,test}/filenames.pickle`` (from the
+preprocessed char-CNN-RNN embeddings archive).  Each listed photograph is
+cropped around its bounding box, resized to 304 and 76 px, and written to
+``<data-dir>/<split>/304images.pickle`` and ``76images.pickle``.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from misc.preprocessing import MissingDataError, convert_dataset, require_path, run_cli  # noqa: E402
+
+CUB_HINT = ("download CUB_200_2011.tgz (Caltech-UCSD Birds-200-2011) and extract it "
+            "into {data_dir}")
+EMBEDDINGS_HINT = ("download the StackGAN char-CNN-RNN text embeddings for birds "
+                   "(birds.zip) and extract it so that {data_dir}/train and "
+                   "{data_dir}/test hold filenames.pickle")
+
+
+def _read_columns(path):
+    """Split a whitespace-separated text file into lists of fields, skipping blank lines."""
+    with open(path, encoding="utf-8") as f:
+        return [line.split() for line in f if line.strip()]
+
+
+def read_bounding_boxes(cub_dir):
+    """Map each image key (relative path without ``.jpg``) to ``[x, y, w, h]`` ints.
+
+    ``images.txt`` holds ``<id> <relative path>`` and ``bounding_boxes.txt``
+    ``<id> <x> <y> <width> <height>``; the two are joined on the id.  Box
+    values may be written as floats and are truncated to int.
+    """
+    paths = {fields[0]: fields[1] for fields in _read_columns(os.path.join(cub_dir, "images.txt"))}
+    boxes = {}
+    for fields in _read_columns(os.path.join(cub_dir, "bounding_boxes.txt")):
+        image_id, values = fields[0], fields[1:5]
+        if image_id in paths:
+            key = os.path.splitext(paths[image_id])[0]
+            boxes[key] = [int(float(v)) for v in values]
+    return boxes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data/birds",
+                        help="folder holding CUB_200_2011/, train/ and test/ (default: data/birds)")
+    args = parser.parse_args(argv)
+    data_dir = args.data_dir
+    cub_dir = os.path.join(data_dir, "CUB_200_2011")
+    cub_hint = CUB_HINT.format(data_dir=data_dir)
+    for name in ("images.txt", "bounding_boxes.txt", "images"):
+        require_path(os.path.join(cub_dir, name), cub_hint)
+
+    boxes = read_bounding_boxes(cub_dir)
+    boxes_path = os.path.join(cub_dir, "bounding_boxes.txt")
+
+    def bbox_for_key(key):
+        if key not in boxes:
+            raise MissingDataError(f"{boxes_path} has no bounding box for image '{key}': {cub_hint}")
+        return boxes[key]
+
+    convert_dataset(data_dir,
+                    image_path_for_key=lambda key: os.path.join(cub_dir, "images", key + ".jpg"),
+                    bbox_for_key=bbox_for_key,
+                    embeddings_hint=EMBEDDINGS_HINT.format(data_dir=data_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

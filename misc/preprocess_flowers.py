@@ -1,0 +1,42 @@
+"""Build the Oxford-102 (flowers) image pickles from the original photographs.
+
+Usage, from the repository root::
+
+    python misc/preprocess_flowers.py [--data-dir data/flowers]
+
+Expects ``<data-dir>/jpg/`` (the Oxford 102 Category Flower images) and
+``<data-dir>/{train,test}/filenames.pickle`` (from the preprocessed
+char-CNN-RNN embeddings archive), whose keys look like ``jpg/image_06734``.
+Each listed photograph is resized (no crop) to 304 and 76 px and written to
+``<data-dir>/<split>/304images.pickle`` and ``76images.pickle``.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from misc.preprocessing import convert_dataset, require_path, run_cli  # noqa: E402
+
+IMAGES_HINT = ("download 102flowers.tgz (Oxford 102 Category Flower Dataset) and extract "
+               "it into {data_dir} so that {data_dir}/jpg/image_00001.jpg exists")
+EMBEDDINGS_HINT = ("download the StackGAN char-CNN-RNN text embeddings for flowers "
+                   "(flowers.zip) and extract it so that {data_dir}/train and "
+                   "{data_dir}/test hold filenames.pickle")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data/flowers",
+                        help="folder holding jpg/, train/ and test/ (default: data/flowers)")
+    args = parser.parse_args(argv)
+    data_dir = args.data_dir
+    require_path(os.path.join(data_dir, "jpg"), IMAGES_HINT.format(data_dir=data_dir))
+    convert_dataset(data_dir,
+                    image_path_for_key=lambda key: os.path.join(data_dir, key + ".jpg"),
+                    embeddings_hint=EMBEDDINGS_HINT.format(data_dir=data_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
