@@ -55,3 +55,9 @@ def write_text(text, path):
 def resize(array, size, resample=Image.BICUBIC):
     """Resize a uint8 HxWx3 array to size x size with Pillow."""
     return np.asarray(Image.fromarray(np.asarray(array)).resize((size, size), resample))
+
+
+def superimage(rows):
+    """Stack rows of equally sized uint8 images: each row side by side,
+    rows top to bottom."""
+    return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)

@@ -252,17 +252,15 @@ def leaky_relu(x, leakiness=0.2):
 
 def resize_nearest(x, size):
     """Legacy nearest-neighbour resize: source index = floor(dst * in / out)."""
-    return tf.compat.v1.image.resize_nearest_neighbor(
-        x, size, align_corners=False, half_pixel_centers=False
-    )
+    return tf.raw_ops.ResizeNearestNeighbor(
+        images=x, size=size, align_corners=False, half_pixel_centers=False)
 
 
 def downsample_like_reference(images, size):
     """The reference's legacy bilinear resize (no half-pixel shift); for an
     integer ratio r it picks the top-left pixel of each r x r block."""
-    return tf.compat.v1.image.resize_bilinear(
-        images, size, align_corners=False, half_pixel_centers=False
-    )
+    return tf.raw_ops.ResizeBilinear(
+        images=images, size=size, align_corners=False, half_pixel_centers=False)
 
 
 def tile_to_map(code, size):

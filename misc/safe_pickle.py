@@ -15,6 +15,7 @@ arrays and what turns Python 2 ``str`` filenames into ``str``.
 import io
 import os
 import pickle
+import struct
 import tempfile
 
 import numpy as np
@@ -98,17 +99,38 @@ def load(path):
         ) from exc
 
 
-def dump(obj, path, protocol=2):
-    """Write ``obj`` to ``path`` atomically (temporary file, then rename).
+class _Python2Pickler(pickle._Pickler):
+    """Protocol-2 pickler that writes ``bytes`` as Python 2 ``str``.
 
-    Protocol 2 keeps the files readable by the original Python 2 code.
+    Python 3's protocol 2 routes bytes through ``_codecs.encode`` (so Python 2
+    can read them), which stores every byte >= 128 in two bytes: image
+    pickles grow by half.  Python 2 ``str`` opcodes store bytes as they are
+    -- which is how the published StackGAN pickles hold their array data --
+    and read back with ``encoding="latin1"`` (see ``load``).
     """
+
+    def save_bytes_as_str(self, obj):
+        size = len(obj)
+        if size < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([size]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", size))
+            self.write(obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes_as_str
+
+
+def dump(obj, path):
+    """Write ``obj`` to ``path`` atomically (temporary file, then rename),
+    as a protocol-2 pickle that the original Python 2 code can read."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pickle", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=protocol)
+            _Python2Pickler(f, protocol=2).dump(obj)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

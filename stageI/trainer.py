@@ -45,6 +45,7 @@ class StageIGAN(ConditionalGAN):
         self.d_optimizer = d_optimizer
         self.g_optimizer.build(self.generator.trainable_weights)
         self.d_optimizer.build(self.discriminator.trainable_weights)
+        self.built = True  # the networks are built; the trainer has no call() of its own
 
     def optimizers(self):
         return {"g_optimizer": self.g_optimizer, "d_optimizer": self.d_optimizer}

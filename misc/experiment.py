@@ -1,0 +1,163 @@
+"""What ``stageI/run_exp.py`` and ``stageII/run_exp.py`` share: the command
+line, the distribution strategy, the output folder, the training driver
+around ``keras.Model.fit`` and turning failures into one-line errors."""
+
+import argparse
+import datetime
+import os
+import pprint
+import sys
+
+import tensorflow as tf
+
+from misc.callbacks import (
+    DivergenceGuard,
+    EpochEnd,
+    LearningRateSchedule,
+    PeriodicSnapshot,
+    Progress,
+    TensorBoardSummaries,
+    TrainingDiverged,
+)
+from misc.checkpoints import Snapshotter
+from misc.config import ConfigError, load_config
+from misc.datasets import DatasetError
+from misc.input_pipeline import training_dataset
+from misc.tf1_checkpoint import CheckpointError
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingDiverged)
+
+
+def parse_args(description, argv=None):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cfg", dest="cfg_file", default=None, type=str,
+                        help="YAML config file merged into the defaults")
+    parser.add_argument("--gpu", dest="gpu", default=None, type=str,
+                        help="GPU id(s) to use, e.g. 0 or 0,1 (default: all visible GPUs; "
+                             "CPU when there is none)")
+    return parser.parse_args(argv)
+
+
+def load_run_config(args):
+    config = load_config(args.cfg_file)
+    if args.gpu is not None:
+        config.GPU_ID = parse_gpu_ids(args.gpu)[0]
+    return config
+
+
+def parse_gpu_ids(text):
+    try:
+        ids = [int(part) for part in str(text).split(",") if part.strip() != ""]
+    except ValueError:
+        raise ConfigError(f"--gpu {text!r}: give GPU ids such as 0 or 0,1.") from None
+    if not ids:
+        raise ConfigError(f"--gpu {text!r}: give GPU ids such as 0 or 0,1.")
+    return ids
+
+
+def make_strategy(gpu=None, log=print):
+    """MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster,
+    MirroredStrategy over the chosen (default: all visible) GPUs, else the
+    default single-device strategy."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpu is not None:
+        wanted = parse_gpu_ids(gpu)
+        missing = [i for i in wanted if i >= len(gpus)]
+        if missing:
+            log(f"warning: GPU {missing} not available ({len(gpus)} visible); "
+                "using the available devices.")
+        gpus = [gpus[i] for i in wanted if i < len(gpus)]
+        if gpus:
+            tf.config.set_visible_devices(gpus, "GPU")
+    if gpus:
+        devices = [f"/gpu:{i}" for i in range(len(gpus))]
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def new_log_dir(config, root="ckt_logs"):
+    """ckt_logs/<dataset>/<CONFIG_NAME>_<timestamp>/ (created)."""
+    stamp = datetime.datetime.now().astimezone().strftime("%Y_%m_%d_%H_%M_%S")
+    path = os.path.join(root, config.DATASET_NAME, f"{config.CONFIG_NAME}_{stamp}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def print_config(config):
+    print("Using config:")
+    pprint.pprint(_plain(config))
+
+
+def _plain(tree):
+    return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
+
+def check_batch_size(batch_size, strategy):
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ConfigError(
+            f"TRAIN.BATCH_SIZE {batch_size} must be divisible by the {replicas} replicas "
+            "(devices) training together.")
+
+
+def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
+    """Run the reference training loop with ``fit`` from the gan's counter.
+
+    The epoch restarts at ``counter // iterations_per_epoch`` as in the
+    reference; snapshots go to ``log_dir``; Ctrl-C saves a snapshot first.
+    """
+    train_cfg = config.TRAIN
+    steps = split.steps_per_epoch(train_cfg.BATCH_SIZE)
+    if steps < 1:
+        raise ConfigError(
+            f"TRAIN.BATCH_SIZE {train_cfg.BATCH_SIZE} is larger than the "
+            f"{split.num_examples} training images; lower it.")
+    counter = int(gan.counter.numpy())
+    first_epoch = counter // steps
+    if first_epoch >= train_cfg.MAX_EPOCH:
+        print(f"Nothing to train: the model is at epoch {first_epoch} "
+              f"(iteration {counter}) and TRAIN.MAX_EPOCH is {train_cfg.MAX_EPOCH}.")
+        return None
+    dataset = training_dataset(split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
+                               gan.noise_spec(), seed=config.SEED,
+                               first_epoch=first_epoch, first_step=counter)
+    snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=keep_every_n_hours)
+    writer = tf.summary.create_file_writer(log_dir)
+    snapshot = None
+    guard = DivergenceGuard(gan, lambda: snapshot.last_path)
+    snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard)
+    callbacks = [
+        LearningRateSchedule(gan, rate_for),
+        guard,
+        snapshot,
+        TensorBoardSummaries(gan, writer),
+        EpochEnd(gan, lambda epoch: preview(epoch, writer)),
+        Progress(),
+    ]
+    print(f"Training from iteration {counter} (epoch {first_epoch}), "
+          f"{steps} iterations per epoch, logs in {log_dir}")
+    try:
+        gan.fit(dataset, epochs=train_cfg.MAX_EPOCH, initial_epoch=first_epoch,
+                steps_per_epoch=steps, callbacks=callbacks, verbose=1, shuffle=False)
+    except KeyboardInterrupt:
+        path = snapshot.save()
+        print(f"\nInterrupted at iteration {int(gan.counter.numpy())}; resume with "
+              f"TRAIN.PRETRAINED_MODEL: {path}")
+        raise SystemExit(130) from None
+    finally:
+        writer.close()
+    return snapshot.last_path
+
+
+def run_main(main, argv=None):
+    """Run ``main`` and turn expected failures into one-line errors (exit 2)."""
+    try:
+        main(argv)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
