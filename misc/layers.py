@@ -205,11 +205,17 @@ class BatchNorm(ReferenceLayer):
         )
         self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
 
+    @staticmethod
+    def statistics_dtype(x):
+        """Statistics in float32 (float64 for float64 input: verification)."""
+        return tf.float64 if x.dtype == tf.float64 else tf.float32
+
     def batch_moments(self, x):
         """Single-pass moments over all axes but the last, across replicas."""
-        x = tf.cast(x, tf.float32)
+        dtype = self.statistics_dtype(x)
+        x = tf.cast(x, dtype)
         axes = list(range(x.shape.rank - 1))
-        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), dtype)
         total, total_sq, count = _replica_sum(
             [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count]
         )
@@ -219,7 +225,9 @@ class BatchNorm(ReferenceLayer):
         return mean, variance
 
     def update_moving_statistics(self, mean, variance):
-        rate = tf.constant(1.0 - self.decay, tf.float32)
+        dtype = self.moving_mean.dtype
+        mean, variance = tf.cast(mean, dtype), tf.cast(variance, dtype)
+        rate = tf.constant(1.0 - self.decay, dtype)
         self.moving_mean.assign_sub((self.moving_mean - mean) * rate)
         self.moving_variance.assign_sub((self.moving_variance - variance) * rate)
 
@@ -231,11 +239,11 @@ class BatchNorm(ReferenceLayer):
                 _STAT_RECORDERS[-1].append((self, mean, variance))
         else:
             mean, variance = self.moving_mean, self.moving_variance
-        dtype = x.dtype
+        dtype = self.statistics_dtype(x)
         y = tf.nn.batch_normalization(
-            tf.cast(x, tf.float32), mean, variance, self.beta, self.gamma, self.epsilon
-        )
-        return tf.cast(y, dtype)
+            tf.cast(x, dtype), tf.cast(mean, dtype), tf.cast(variance, dtype),
+            tf.cast(self.beta, dtype), tf.cast(self.gamma, dtype), self.epsilon)
+        return tf.cast(y, x.dtype)
 
     def reference_variables(self):
         return {

@@ -11,19 +11,9 @@ discriminator's encoder has BN layers without an activation.
 import keras
 import tensorflow as tf
 
+from misc.blocks import ConditionalLogit, LayerFactory, relu, up
 from misc.conditioning import ConditioningAugmentation
-from misc.layers import (
-    BatchNorm,
-    Chain,
-    Conv2D,
-    Deconv2D,
-    Dense,
-    ReferenceNamer,
-    leaky_relu,
-    reference_variables,
-    resize_nearest,
-    tile_to_map,
-)
+from misc.layers import BatchNorm, Chain, ReferenceNamer, leaky_relu, reference_variables
 
 NETWORK_TYPES = ("default", "simple")
 
@@ -39,33 +29,6 @@ def check_network_type(network_type):
 def check_image_size(image_size):
     if image_size % 16:
         raise ValueError(f"image size {image_size} must be a multiple of 16.")
-
-
-class _Builder:
-    """Creates reference-named layers for one network scope."""
-
-    def __init__(self, names):
-        self.names = names
-
-    def conv(self, filters, kernel, strides=1):
-        return Conv2D(filters, kernel, strides, name=self.names("custom_conv2d"))
-
-    def bn(self):
-        return BatchNorm(name=self.names("conv_batch_norm"))
-
-    def fc(self, units):
-        return Dense(units, name=self.names("custom_fully_connected"))
-
-    def deconv(self, filters):
-        return Deconv2D(filters, name=self.names("custom_deconv2d"))
-
-
-def up(size):
-    return lambda x: resize_nearest(x, (size, size))
-
-
-def relu(x):
-    return tf.nn.relu(x)
 
 
 class DefaultImageGenerator(keras.layers.Layer):
@@ -149,7 +112,7 @@ class StageIGenerator(keras.Model):
         self.ca = ConditioningAugmentation(
             ef_dim, cond_augmentation, fc_name=names("custom_fully_connected"), name="ca")
         body = DefaultImageGenerator if network_type == "default" else SimpleImageGenerator
-        self.image_generator = body(gf_dim, image_size, _Builder(names), name="generator")
+        self.image_generator = body(gf_dim, image_size, LayerFactory(names), name="generator")
 
     def call(self, embeddings, eps=None, z=None, training=False):
         c, mean, log_sigma = self.ca(embeddings, eps)
@@ -197,27 +160,6 @@ def simple_image_encoder(df_dim, build):
     ], name="encoder")
 
 
-class ConditionalLogit(keras.layers.Layer):
-    """Joint image/text head shared by every discriminator: the text code
-    (own FC + leaky ReLU on the raw embedding) tiled to the image code's
-    s16 x s16 grid and concatenated after it, 1x1 conv + BN + leaky ReLU,
-    then an s16-kernel stride-s16 conv to one logit per image."""
-
-    def __init__(self, df_dim, ef_dim, s16, context_fc, build, **kwargs):
-        super().__init__(**kwargs)
-        self.s16 = s16
-        self.context_fc = context_fc
-        self.head = Chain([
-            build.conv(df_dim * 8, 1), build.bn(), leaky_relu,
-            build.conv(1, s16, s16),
-        ])
-
-    def call(self, image_code, embeddings, training=False):
-        text_code = leaky_relu(self.context_fc(embeddings))
-        joint = tf.concat([image_code, tile_to_map(text_code, self.s16)], axis=3)
-        return self.head(joint, training=training)
-
-
 class StageIDiscriminator(keras.Model):
     """Reference ``d_net``: ``call(images, embeddings, training)`` -> logits
     (B, 1, 1, 1).  The reference always runs it in training mode (batch
@@ -231,13 +173,13 @@ class StageIDiscriminator(keras.Model):
         check_network_type(network_type)
         check_image_size(image_size)
         self.image_size = image_size
-        build = _Builder(ReferenceNamer())
+        build = LayerFactory(ReferenceNamer())
         if network_type == "default":
             self.encoder = DefaultImageEncoder(df_dim, build, name="encoder")
         else:
             self.encoder = simple_image_encoder(df_dim, build)
         context_fc = build.fc(ef_dim)
-        self.logit = ConditionalLogit(df_dim, ef_dim, image_size // 16, context_fc, build, name="logit")
+        self.logit = ConditionalLogit(df_dim, image_size // 16, context_fc, build, name="logit")
 
     def call(self, images, embeddings, training=True):
         return self.logit(self.encoder(images, training=training), embeddings, training=training)

@@ -5,7 +5,6 @@ import tensorflow as tf
 
 from misc.gan_trainer import ConditionalGAN
 from misc.image_utils import normalize_images
-from misc.losses import discriminator_losses, generator_adversarial_loss, kl_loss
 from misc.optimizers import ReferenceAdam
 
 
@@ -19,24 +18,18 @@ class StageIGAN(ConditionalGAN):
     ``z`` normal (B x Z_DIM).
     """
 
-    def __init__(self, generator, discriminator, *, kl_coeff=2.0, use_wrong=True,
-                 cond_augmentation=True, name="stage_i_gan", **kwargs):
+    def __init__(self, generator, discriminator, name="stage_i_gan", **kwargs):
         super().__init__(name=name, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
-        self.kl_coeff = kl_coeff
-        self.use_wrong = use_wrong
-        self.cond_augmentation = cond_augmentation
 
     @classmethod
     def from_config_tree(cls, config, generator, discriminator):
         train = config.TRAIN
         gan = cls(generator, discriminator, kl_coeff=train.COEFF.KL, use_wrong=train.B_WRONG,
                   cond_augmentation=train.COND_AUGMENTATION)
-        gan.compile(
-            g_optimizer=ReferenceAdam(train.GENERATOR_LR),
-            d_optimizer=ReferenceAdam(train.DISCRIMINATOR_LR),
-        )
+        gan.compile(g_optimizer=ReferenceAdam(train.GENERATOR_LR),
+                    d_optimizer=ReferenceAdam(train.DISCRIMINATOR_LR))
         return gan
 
     def compile(self, g_optimizer, d_optimizer, **kwargs):
@@ -65,63 +58,29 @@ class StageIGAN(ConditionalGAN):
         return {"d_eps": (ef, "truncated_normal"), "d_z": (z, "normal"),
                 "g_eps": (ef, "truncated_normal"), "g_z": (z, "normal")}
 
-    def kl_term(self, g_out):
-        """COEFF.KL * KL, the reference's ``g_loss_kl_loss``."""
-        if not self.cond_augmentation:
-            return tf.constant(0.0)
-        return self.kl_coeff * kl_loss(g_out["mean"], g_out["log_sigma"])
-
-    def discriminator_logits(self, real, wrong, fake, embeddings):
-        """D on the three image sets, each with its own batch statistics.
-
-        The reference leaves the order of the three moving-average updates
-        undefined (golden README, Q11); we apply them wrong, real, fake: the
-        order its executor chose for almost all layers.
-        """
-        wrong_logit = self.discriminator(wrong, embeddings, training=True) if self.use_wrong else None
-        real_logit = self.discriminator(real, embeddings, training=True)
-        fake_logit = self.discriminator(fake, embeddings, training=True)
-        return real_logit, wrong_logit, fake_logit
-
     def discriminator_step(self, batch):
-        """Update D; return the reference's D-run values (incl. its g_loss)."""
-        emb = batch["embeddings"]
-        real, wrong = normalize_images(batch["images"]), normalize_images(batch["wrong_images"])
-        g_out = self.generator(emb, batch["d_eps"], batch["d_z"], training=True)
-        fake = tf.stop_gradient(g_out["images"])
-        with tf.GradientTape() as tape:
-            real_logit, wrong_logit, fake_logit = self.discriminator_logits(real, wrong, fake, emb)
-            losses = discriminator_losses(real_logit, wrong_logit, fake_logit, self.use_wrong)
-        self.apply_gradients(self.d_optimizer, losses["d_loss"], tape,
-                             self.discriminator.trainable_weights)
-        kl = self.kl_term(g_out)
-        losses["g_loss"] = generator_adversarial_loss(fake_logit) + kl
-        losses["g_loss_kl_loss"] = kl
-        outputs = {"c": g_out["c"], "mean": g_out["mean"], "log_sigma": g_out["log_sigma"],
-                   "z": batch["d_z"], "fake_images": g_out["images"],
-                   "logit_real": real_logit, "logit_wrong": wrong_logit, "logit_fake": fake_logit}
-        return losses, outputs
+        """Update D; return the reference's D-run values (incl. its g_loss)
+        and outputs (CA, fakes, logits)."""
+        return self.discriminator_run(
+            self.generator, self.discriminator, self.d_optimizer,
+            normalize_images(batch["images"]), normalize_images(batch["wrong_images"]),
+            batch["embeddings"], batch["d_eps"], batch["d_z"])
 
     def generator_step(self, batch):
         """Update G (CA included) through D's verdict on fresh fakes."""
-        emb = batch["embeddings"]
-        with tf.GradientTape() as tape:
-            g_out = self.generator(emb, batch["g_eps"], batch["g_z"], training=True)
-            fake_logit = self.discriminator(g_out["images"], emb, training=True)
-            kl = self.kl_term(g_out)
-            g_loss = generator_adversarial_loss(fake_logit) + kl
-        self.apply_gradients(self.g_optimizer, g_loss, tape, self.generator.trainable_weights)
-        return {"g_loss": g_loss, "g_loss_kl_loss": kl}
+        return self.generator_run(self.generator, self.discriminator, self.g_optimizer,
+                                  batch["embeddings"], batch["g_eps"], batch["g_z"])
 
     def train_step(self, batch):
         d_losses, d_out = self.discriminator_step(batch)
         g_losses = self.generator_step(batch)
+        # As the reference's summaries: d_* from the D run, g_* from the G run.
         summaries = {k: v for k, v in d_losses.items() if k.startswith("d_")}
-        summaries.update(g_losses)
+        summaries.update({k: g_losses[k] for k in ("g_loss", "g_loss_kl_loss")})
         summaries["d_learning_rate"] = tf.cast(self.d_optimizer.learning_rate, tf.float32)
         summaries["g_learning_rate"] = tf.cast(self.g_optimizer.learning_rate, tf.float32)
         epoch_values = {"d_loss": d_losses["d_loss"], "g_loss": d_losses["g_loss"]}
-        return self.finish_step(epoch_values, summaries, {"hist_c": d_out["c"], "hist_z": d_out["z"]})
+        return self.finish_step(epoch_values, summaries, {"hist_c": d_out["c"], "hist_z": batch["d_z"]})
 
     def sample(self, embeddings, eps=None, z=None):
         """Inference-mode images (moving BN statistics); ``z=None`` draws

@@ -139,3 +139,121 @@ def assert_adam_first_step(name, before, ours, ref, lr, gradient):
 
 
 ADAM_WELL_CONDITIONED = 10 * 1e-8 / np.sqrt(1 - 0.999)
+
+
+# -- helpers shared by the Stage-I and Stage-II golden tests ----------------
+
+def reference_values(networks):
+    """{reference name: numpy copy} of every variable of the networks."""
+    return {n: v.numpy().copy() for net in networks for n, v in net.reference_variables().items()}
+
+
+def bn_layer_names(networks):
+    """{id(batch-norm layer): '<scope>/<bn scope>'} (the fixture's layer keys)."""
+    from misc.layers import BatchNorm
+
+    names = {}
+    for network in networks:
+        for layer in network._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, BatchNorm):
+                names[id(layer)] = f"{network.scope}/{layer.scope}"
+    return names
+
+
+def label_statistics(records, names, d_call_labels):
+    """{'<layer>/<k>': (mean, variance)} with the fixture's k: the call
+    index for generator layers; for discriminator layers (scope d_net or
+    hr_d_net) the construct (0 real, 1 wrong, 2 fake) of each call."""
+    calls, out = {}, {}
+    for layer, mean, variance in records:
+        name = names[id(layer)]
+        index = calls.get(name, 0)
+        calls[name] = index + 1
+        k = d_call_labels[index] if name.split("/", 1)[0] in ("d_net", "hr_d_net") else index
+        out[f"{name}/{k}"] = (mean.numpy(), variance.numpy())
+    return out
+
+
+def stat_tolerance(variance):
+    """rtol 1e-4 (golden README) plus an absolute floor of 1e-5 of the
+    layer's activation scale: means of layers fed by normalised maps are
+    exactly zero up to rounding (~1e-8), where relative error is meaningless."""
+    scale = float(np.sqrt(np.mean(np.abs(variance))))
+    return dict(rtol=1e-4, atol=1e-5 * scale)
+
+
+def check_statistics(label, ours, arrays, prefix):
+    """Every recorded batch statistic against ``<prefix><layer>/<k>/<stat>``."""
+    keys = {k[len(prefix):].rsplit("/", 1)[0] for k in arrays if k.startswith(prefix)}
+    assert set(ours) == keys, f"{label}: recorded {sorted(set(ours) ^ keys)}"
+    for key, (mean, variance) in ours.items():
+        tol = stat_tolerance(arrays[f"{prefix}{key}/variance"])
+        assert_close(f"{prefix}{key}/mean", mean, arrays[f"{prefix}{key}/mean"], **tol)
+        assert_close(f"{prefix}{key}/variance", variance, arrays[f"{prefix}{key}/variance"], **tol)
+
+
+def bn_layers(values, scope):
+    return [n[:-len("/mean")] for n in values if n.startswith(scope + "/") and n.endswith("/mean")]
+
+
+def check_deterministic_moving_statistics(values, arrays, phase, scopes):
+    """Moving statistics of layers updated once per run (or not at all)."""
+    for scope in scopes:
+        for layer in bn_layers(values, scope):
+            tol = stat_tolerance(arrays[f"step/{phase}/bn/{layer}/variance"])
+            for stat in ("mean", "variance"):
+                assert_close(f"{phase} {layer}/{stat}", values[f"{layer}/{stat}"],
+                             arrays[f"step/{phase}/bn/{layer}/{stat}"], **tol)
+
+
+def check_discriminator_moving_statistics(before, after_d, d_stats, arrays, scope, after_g=None, g_stats=None):
+    """D-update moving statistics, order-aware (golden README Q11): our EMA in
+    our order on our statistics; the fixture as the EMA in its recorded
+    schedule; ours vs the fixture up to the effect of the order.  With
+    ``after_g``: the G update's single EMA step on the fake statistics.
+    Returns how many layer-statistics had the fixture's order equal to ours."""
+    same_order = 0
+    for layer in bn_layers(before, scope):
+        for index, stat in enumerate(("mean", "variance")):
+            name = f"{layer}/{stat}"
+            pre = before[name]
+            ours_stats = [d_stats[f"{layer}/{k}"][index] for k in range(3)]
+            ref_stats = [arrays[f"bnstat/{layer}/{k}/{stat}"] for k in range(3)]
+            ref = arrays[f"step/after_dstep/bn/{name}"]
+            schedule = arrays[f"step/dstep_bn_update_schedule/{layer}/{stat}"]
+            tol = stat_tolerance(arrays[f"step/after_dstep/bn/{layer}/variance"])
+            ours_order = sequential_schedule(OUR_D_UPDATE_ORDER)
+            assert_close(f"our EMA {name}", after_d[name], replay_ema(pre, ours_order, ours_stats),
+                         atol=1e-7, rtol=1e-6)
+            assert_close(f"reference replay {name}", replay_ema(pre, schedule, ref_stats), ref, **tol)
+            order_effect = np.abs(replay_ema(pre, ours_order, ref_stats) - replay_ema(pre, schedule, ref_stats))
+            assert_close(f"after_dstep {name}", after_d[name], ref, atol=tol["atol"] + order_effect,
+                         rtol=tol["rtol"])
+            if tuple(arrays[f"step/dstep_bn_update_order/{layer}/{stat}"]) == OUR_D_UPDATE_ORDER:
+                same_order += 1
+            if after_g is not None:
+                fake = g_stats[f"{layer}/2"][index]
+                expected = replay_ema(after_d[name], [4, 5], [None, None, fake])
+                assert_close(f"after_gstep {name}", after_g[name], expected, atol=1e-7, rtol=1e-6)
+                ref_g = arrays[f"step/after_gstep/bn/{name}"]
+                tol_g = stat_tolerance(arrays[f"step/after_gstep/bn/{layer}/variance"])
+                assert_close(f"after_gstep vs reference {name}", after_g[name], ref_g,
+                             atol=tol_g["atol"] + 0.9 * order_effect, rtol=tol_g["rtol"])
+    return same_order
+
+
+def check_adam_slots(arrays, phase, slots_by_name, atol=1e-5, rtol=1e-4):
+    """The fixture's Adam slots after one step from zero, in gradient units
+    (m = (1 - beta1) g, v = (1 - beta2) g^2), with the gradient tolerance."""
+    one_minus_beta2 = float(np.float32(1) - np.float32(0.999))
+    checked = 0
+    for key, ref in arrays.items():
+        if key.startswith(f"step/{phase}/") and key.endswith("/Adam"):
+            name = key[len(f"step/{phase}/"):-len("/Adam")]
+            m, v = slots_by_name[name]
+            assert_close(key + " as gradient", 2.0 * m, 2.0 * ref, atol=atol, rtol=rtol)
+            v_ref = arrays[key + "_1"]
+            assert_close(key + "_1 as |gradient|", np.sqrt(v / one_minus_beta2),
+                         np.sqrt(v_ref / one_minus_beta2), atol=atol, rtol=rtol)
+            checked += 1
+    assert checked == 2

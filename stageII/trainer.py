@@ -1,0 +1,212 @@
+"""Stage-II training, as the reference loop.
+
+Per batch (TRAIN.FINETUNE_LR False): one Stage-II discriminator update, then
+one Stage-II generator update, each with fresh noise (z and eps for the
+Stage-I generator, eps for the Stage-II CA).  The Stage-I generator runs in
+training mode (batch statistics; its moving statistics update) but stays
+frozen.  The Stage-I discriminator's losses on the low-resolution images are
+computed and logged in the first update, as the reference did (which also
+updates that discriminator's moving statistics).
+
+With FINETUNE_LR True there are four updates per batch: Stage-II D; Stage-II
+G together with the Stage-I G fine-tuned on the Stage-II G loss at
+FT_LR_RETIO * lr (both gradients from the same pre-update state); Stage-I D
+and Stage-I G on their own losses at FT_LR_RETIO * lr.
+"""
+
+import tensorflow as tf
+
+from misc.gan_trainer import ConditionalGAN
+from misc.image_utils import normalize_images
+from misc.layers import downsample_like_reference
+from misc.losses import generator_adversarial_loss
+from misc.optimizers import ReferenceAdam
+
+HR_LR_RATIO = 4
+
+
+def prefixed(prefix, values):
+    return {prefix + k: v for k, v in values.items()}
+
+
+class StageIIGAN(ConditionalGAN):
+    """Stage-II trainer.
+
+    A batch holds ``images``, ``wrong_images`` (4s x 4s), ``embeddings`` and
+    the noise of each update (see ``noise_spec``): ``d_*`` for the Stage-II D
+    update, ``g_*`` for the Stage-II G update, and with FINETUNE_LR ``ld_*``,
+    ``lg_*`` for the Stage-I D and G updates.
+    """
+
+    epoch_log_keys = ("hr_d_loss", "hr_g_loss", "d_loss", "g_loss")
+
+    def __init__(self, generator, discriminator, hr_generator, hr_discriminator, *,
+                 finetune_lr=False, name="stage_ii_gan", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.hr_generator = hr_generator
+        self.hr_discriminator = hr_discriminator
+        self.finetune_lr = finetune_lr
+
+    @classmethod
+    def from_config_tree(cls, config, generator, discriminator, hr_generator, hr_discriminator):
+        train = config.TRAIN
+        gan = cls(generator, discriminator, hr_generator, hr_discriminator,
+                  kl_coeff=train.COEFF.KL, use_wrong=train.B_WRONG,
+                  cond_augmentation=train.COND_AUGMENTATION, finetune_lr=train.FINETUNE_LR)
+        rates = base_learning_rates(config)
+        gan.compile(**{name: ReferenceAdam(rate) for name, rate in rates.items()})
+        return gan
+
+    def compile(self, d_optimizer, g_optimizer, hr_d_optimizer, hr_g_optimizer, ft_g_optimizer,
+                **kwargs):
+        """The reference's five optimizers, in its creation order."""
+        super().compile(**kwargs)
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+        self.hr_d_optimizer, self.hr_g_optimizer = hr_d_optimizer, hr_g_optimizer
+        self.ft_g_optimizer = ft_g_optimizer
+        for optimizer, network in self._optimizer_networks():
+            optimizer.build(network.trainable_weights)
+        self.built = True  # the networks are built; the trainer has no call() of its own
+
+    def _optimizer_networks(self):
+        return [(self.d_optimizer, self.discriminator), (self.g_optimizer, self.generator),
+                (self.hr_d_optimizer, self.hr_discriminator),
+                (self.hr_g_optimizer, self.hr_generator), (self.ft_g_optimizer, self.generator)]
+
+    def optimizers(self):
+        return {"d_optimizer": self.d_optimizer, "g_optimizer": self.g_optimizer,
+                "hr_d_optimizer": self.hr_d_optimizer, "hr_g_optimizer": self.hr_g_optimizer,
+                "ft_g_optimizer": self.ft_g_optimizer}
+
+    def networks(self):
+        return {"generator": self.generator, "discriminator": self.discriminator,
+                "hr_generator": self.hr_generator, "hr_discriminator": self.hr_discriminator}
+
+    def reference_optimizer_layout(self):
+        """(optimizer, scope, Adam slot names, beta-power suffix) as the
+        reference Stage-II trainer created them: d_, g_, hr_d_, hr_g_, ft."""
+        return [(self.d_optimizer, "d_net", ("Adam", "Adam_1"), ""),
+                (self.g_optimizer, "g_net", ("Adam", "Adam_1"), "_1"),
+                (self.hr_d_optimizer, "hr_d_net", ("Adam", "Adam_1"), "_2"),
+                (self.hr_g_optimizer, "hr_g_net", ("Adam", "Adam_1"), "_3"),
+                (self.ft_g_optimizer, "g_net", ("Adam_2", "Adam_3"), "_4")]
+
+    def noise_spec(self):
+        ef, z = self.hr_generator.ef_dim, self.generator.z_dim
+        runs = ("d", "g", "ld", "lg") if self.finetune_lr else ("d", "g")
+        spec = {}
+        for run in runs:
+            spec[f"{run}_eps"] = (ef, "truncated_normal")
+            spec[f"{run}_z"] = (z, "normal")
+            if run in ("d", "g"):
+                spec[f"{run}_hr_eps"] = (ef, "truncated_normal")
+        return spec
+
+    # -- the reference's runs ---------------------------------------------
+
+    def images_of(self, batch):
+        """HR real/wrong images and their low-resolution versions (the
+        reference's legacy bilinear resize: every 4th pixel)."""
+        real = normalize_images(batch["images"])
+        wrong = normalize_images(batch["wrong_images"])
+        size = (self.generator.image_size, self.generator.image_size)
+        return real, wrong, downsample_like_reference(real, size), downsample_like_reference(wrong, size)
+
+    def stage_ii_forward(self, embeddings, eps, z, hr_eps):
+        """Stage-I G then Stage-II G, both in training mode."""
+        g_out = self.generator(embeddings, eps, z, training=True)
+        hr_out = self.hr_generator(g_out["images"], embeddings, hr_eps, training=True)
+        return g_out, hr_out
+
+    def hr_discriminator_step(self, batch, hr_fake=None):
+        """Update the Stage-II D; also the logged values of that run: both
+        stages' G losses and the Stage-I D losses on the LR images.
+
+        ``hr_fake`` replaces the generated Stage-II images as D's fake input
+        (both generators still run): for comparing the D update with another
+        implementation on identical inputs.
+        """
+        real, wrong, lr_real, lr_wrong = self.images_of(batch)
+        emb = batch["embeddings"]
+        g_out, hr_out = self.stage_ii_forward(emb, batch["d_eps"], batch["d_z"], batch["d_hr_eps"])
+        fake = hr_out["images"] if hr_fake is None else hr_fake
+        hr_losses, hr_logits = self.update_critic(self.hr_discriminator, self.hr_d_optimizer,
+                                                  real, wrong, fake, emb)
+        hr_losses["g_loss"] = hr_losses["g_loss_fake"] + self.kl_term(hr_out)
+        lr_losses, lr_logits = self.update_critic(self.discriminator, None, lr_real, lr_wrong,
+                                                  g_out["images"], emb)
+        lr_losses["g_loss_kl_loss"] = self.kl_term(g_out)
+        lr_losses["g_loss"] = lr_losses["g_loss_fake"] + lr_losses["g_loss_kl_loss"]
+        outputs = {**g_out, **prefixed("hr_", hr_out), **lr_logits, **prefixed("hr_", hr_logits),
+                   "lr_real_images": lr_real, "lr_wrong_images": lr_wrong}
+        return {**lr_losses, **prefixed("hr_", hr_losses)}, outputs
+
+    def hr_generator_step(self, batch):
+        """Update the Stage-II G (CA included); with FINETUNE_LR also the
+        Stage-I G on the same loss at the fine-tuning rate, from the same
+        pre-update state."""
+        emb = batch["embeddings"]
+        with tf.GradientTape(persistent=self.finetune_lr) as tape:
+            if self.finetune_lr:
+                g_out, hr_out = self.stage_ii_forward(emb, batch["g_eps"], batch["g_z"], batch["g_hr_eps"])
+            else:
+                with tape.stop_recording():
+                    g_out = self.generator(emb, batch["g_eps"], batch["g_z"], training=True)
+                hr_out = self.hr_generator(g_out["images"], emb, batch["g_hr_eps"], training=True)
+            fake_logit = self.hr_discriminator(hr_out["images"], emb, training=True)
+            adversarial = generator_adversarial_loss(fake_logit)
+            hr_g_loss = adversarial + self.kl_term(hr_out)
+        hr_vars = self.hr_generator.trainable_weights
+        grads = tape.gradient(hr_g_loss, hr_vars)
+        if self.finetune_lr:
+            g_vars = self.generator.trainable_weights
+            ft_grads = tape.gradient(hr_g_loss, g_vars)
+            del tape
+            self.ft_g_optimizer.apply_gradients(zip(ft_grads, g_vars))
+            self.global_step.assign_add(1)
+        self.hr_g_optimizer.apply_gradients(zip(grads, hr_vars))
+        self.global_step.assign_add(1)
+        return {"hr_g_loss": hr_g_loss, "hr_g_loss_fake": adversarial}
+
+    def train_step(self, batch):
+        d_losses, d_out = self.hr_discriminator_step(batch)
+        hr_g_losses = self.hr_generator_step(batch)
+        summaries = {k: v for k, v in d_losses.items() if k.startswith("hr_d_")}
+        summaries.update(hr_g_losses)
+        summaries["hr_d_learning_rate"] = tf.cast(self.hr_d_optimizer.learning_rate, tf.float32)
+        summaries["hr_g_learning_rate"] = tf.cast(self.hr_g_optimizer.learning_rate, tf.float32)
+        if self.finetune_lr:
+            _, _, lr_real, lr_wrong = self.images_of(batch)
+            emb = batch["embeddings"]
+            ld_losses, _ = self.discriminator_run(
+                self.generator, self.discriminator, self.d_optimizer, lr_real, lr_wrong, emb,
+                batch["ld_eps"], batch["ld_z"])
+            lg_losses = self.generator_run(self.generator, self.discriminator, self.g_optimizer,
+                                           emb, batch["lg_eps"], batch["lg_z"])
+            summaries.update({k: v for k, v in ld_losses.items() if k.startswith("d_")})
+            summaries.update({k: lg_losses[k] for k in ("g_loss", "g_loss_kl_loss", "g_loss_fake")})
+        else:
+            # The Stage-I losses the reference logged from the first run.
+            summaries.update({k: v for k, v in d_losses.items() if k.startswith(("d_", "g_"))})
+        epoch_values = {k: d_losses[k] for k in self.epoch_log_keys}
+        histograms = {"hist_c": d_out["c"], "hist_z": batch["d_z"], "hist_hr_c": d_out["hr_c"]}
+        return self.finish_step(epoch_values, summaries, histograms)
+
+    def sample(self, embeddings, eps=None, z=None, hr_eps=None):
+        """Inference-mode Stage-I and Stage-II images (random z and eps
+        unless given, as the reference sampler)."""
+        lr = self.generator(embeddings, eps, z, training=False)["images"]
+        hr = self.hr_generator(lr, embeddings, hr_eps, training=False)["images"]
+        return lr, hr
+
+
+def base_learning_rates(config):
+    """Initial rate of each optimizer: the Stage-I networks train at
+    FT_LR_RETIO times the configured rates."""
+    train = config.TRAIN
+    ratio = train.FT_LR_RETIO
+    return {"d_optimizer": train.DISCRIMINATOR_LR * ratio, "g_optimizer": train.GENERATOR_LR * ratio,
+            "hr_d_optimizer": train.DISCRIMINATOR_LR, "hr_g_optimizer": train.GENERATOR_LR,
+            "ft_g_optimizer": train.GENERATOR_LR * ratio}
