@@ -15,6 +15,7 @@ them (the newest is used), or a reference checkpoint (``*.ckpt``, see
 import os
 
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from misc.tf1_checkpoint import CheckpointError, is_reference_checkpoint
 
@@ -70,9 +71,12 @@ def resolve(path):
 
 def restore_native(gan, prefix, parts=None):
     """Restore a native checkpoint (all of it, or the named ``parts``)."""
-    everything = {"counter": gan.counter, "global_step": gan.global_step,
-                  **gan.networks(), **gan.optimizers()}
-    objects = everything if parts is None else {k: everything[k] for k in parts}
+    if parts is None:
+        objects = {"counter": gan.counter, "global_step": gan.global_step,
+                   **gan.networks(), **gan.optimizers()}
+    else:
+        available = {"counter": gan.counter, "global_step": gan.global_step, **gan.networks()}
+        objects = {k: available[k] for k in parts}
     checkpoint = tf.train.Checkpoint(**objects)
     try:
         status = checkpoint.restore(prefix)
@@ -82,3 +86,35 @@ def restore_native(gan, prefix, parts=None):
             f"{prefix}: does not fit the models built from this config ({exc}). "
             "Use the config the checkpoint was trained with.") from None
     return prefix
+
+
+def native_parts(path):
+    """Names of the objects a native checkpoint holds at its top level
+    (``generator``, ``hr_generator``, ``g_optimizer``, ``counter``, ...).
+
+    Variable keys cannot tell: each variable is stored under the first path
+    that reaches it, often through an optimizer."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor(OBJECT_GRAPH_KEY))
+    return {child.local_name for child in graph.nodes[0].children}
+
+
+def checkpoint_stage(kind, path):
+    """1 for a Stage-I checkpoint, 2 for a Stage-II one (ours or reference)."""
+    if kind == "native":
+        return 2 if "hr_generator" in native_parts(path) else 1
+    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    return 2 if any(n.startswith("hr_g_net/") for n in names) else 1
+
+
+def copy_trainable_weights(source, target):
+    """Copy the trainable variables of one network into another of the same
+    architecture, by reference name (shapes checked)."""
+    src = source.reference_variables()
+    for name, var in target.reference_variables().items():
+        if var.trainable:
+            if tuple(src[name].shape) != tuple(var.shape):
+                raise CheckpointError(
+                    f"{name}: shape {list(src[name].shape)} in the Stage-I checkpoint, "
+                    f"{list(var.shape)} in this config; use the Stage-I run's GAN dimensions.")
+            var.assign(src[name])
