@@ -79,7 +79,9 @@ def restore_native(gan, prefix, parts=None):
         objects = {k: available[k] for k in parts}
     checkpoint = tf.train.Checkpoint(**objects)
     try:
-        status = checkpoint.restore(prefix)
+        status = checkpoint.read(prefix)  # read(): no save_counter, which write() does not store
+        if parts is not None:
+            status.expect_partial()
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as exc:
         raise CheckpointError(

@@ -259,7 +259,16 @@ def leaky_relu(x, leakiness=0.2):
 
 
 def resize_nearest(x, size):
-    """Legacy nearest-neighbour resize: source index = floor(dst * in / out)."""
+    """Legacy nearest-neighbour resize: source index = floor(dst * in / out).
+
+    For integer factors (all the networks use x2) that is each pixel
+    repeated, computed as broadcast + reshape: the same values, and unlike
+    the resize op's gradient it compiles with XLA."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    if h and w and c and size[0] % h == 0 and size[1] % w == 0:
+        fh, fw = size[0] // h, size[1] // w
+        y = tf.broadcast_to(x[:, :, None, :, None, :], [tf.shape(x)[0], h, fh, w, fw, c])
+        return tf.reshape(y, [-1, size[0], size[1], c])
     return tf.raw_ops.ResizeNearestNeighbor(
         images=x, size=size, align_corners=False, half_pixel_centers=False)
 
@@ -276,17 +285,47 @@ def tile_to_map(code, size):
     return tf.tile(code[:, None, None, :], [1, size, size, 1])
 
 
+class Apply(keras.layers.Layer):
+    """A stateless step (activation, resize) of a ``Chain``, as a layer."""
+
+    def __init__(self, fn, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+
+    def call(self, x):
+        return self.fn(x)
+
+
+def track_layers(owner, prefix, layers):
+    """Attach ``layers`` to ``owner`` as attributes ``<prefix>_<i>``.
+
+    Keras 3 keeps list attributes in its own containers, which
+    ``tf.train.Checkpoint`` does not see: the variables of layers held only
+    in a list would silently be missing from checkpoints.  Attributes are
+    tracked by both.
+    """
+    for index, layer in enumerate(layers):
+        setattr(owner, f"{prefix}_{index}", layer)
+    return [getattr(owner, f"{prefix}_{index}") for index in range(len(layers))]
+
+
 class Chain(keras.layers.Layer):
-    """Apply a list of layers and functions in order, passing ``training`` to
-    the layers that take it (batch norm)."""
+    """Apply layers and functions in order, passing ``training`` to the
+    layers that take it (batch norm).  Functions become ``Apply`` layers."""
 
     def __init__(self, steps, **kwargs):
         super().__init__(**kwargs)
-        self.steps = list(steps)
+        layers = [s if isinstance(s, keras.layers.Layer) else Apply(s) for s in steps]
+        self._num_steps = len(layers)
+        track_layers(self, "step", layers)
+
+    @property
+    def steps(self):
+        return [getattr(self, f"step_{i}") for i in range(self._num_steps)]
 
     def call(self, x, training=False):
         for step in self.steps:
-            if isinstance(step, BatchNorm) or isinstance(step, Chain):
+            if isinstance(step, (BatchNorm, Chain)):
                 x = step(x, training=training)
             else:
                 x = step(x)

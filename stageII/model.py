@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from misc.blocks import ConditionalLogit, LayerFactory, ResidualBlock, relu, up
 from misc.conditioning import ConditioningAugmentation
-from misc.layers import Chain, ReferenceNamer, leaky_relu, reference_variables, tile_to_map
+from misc.layers import Chain, ReferenceNamer, leaky_relu, reference_variables, tile_to_map, track_layers
 from stageI.model import StageIDiscriminator, StageIGenerator, check_image_size
 
 
@@ -44,7 +44,8 @@ class StageIIGenerator(keras.Model):
             build.conv(gf * 4, 4, 2), build.bn(), relu,
         ], name="image_encoder")
         self.joint = Chain([build.conv(gf * 4, 3), build.bn(), relu], name="joint")
-        self.residual_blocks = [ResidualBlock(gf * 4, build, name=f"residual_{i}") for i in range(4)]
+        self.residual_blocks = track_layers(
+            self, "residual", [ResidualBlock(gf * 4, build, name=f"residual_{i}") for i in range(4)])
         self.upsampler = Chain([
             up(s // 2), build.conv(gf * 2, 3), build.bn(), relu,
             up(s), build.conv(gf, 3), build.bn(), relu,

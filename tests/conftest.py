@@ -13,9 +13,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
+
+
+@pytest.fixture(scope="session")
+def two_replicas():
+    """One two-replica MirroredStrategy for the whole session: strategies over
+    the same devices in one process would hand out colliding collective-op
+    keys (a real run has one)."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

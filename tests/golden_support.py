@@ -82,7 +82,9 @@ def read_manifest(filename, kinds=("model", "bn_moving_stat")):
         for line in f:
             if line.startswith("#") or not line.strip():
                 continue
-            name, shape, _dtype, _trainable, kind, _index = line.rstrip("\n").split("\t")
+            fields = line.rstrip("\n").split("\t")
+            name, shape = fields[0], fields[1]
+            kind = fields[4] if len(fields) == 6 else fields[2]  # the demo manifest has 3 columns
             if kind in kinds:
                 rows[name] = tuple(int(d) for d in shape.strip("[]").split(",") if d)
     return rows

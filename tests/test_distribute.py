@@ -123,10 +123,10 @@ def compare_states(a, b, tight):
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(two_replicas):
     keras.utils.set_random_seed(0)
     one = make_gan(tf.distribute.get_strategy())
-    two = make_gan(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    two = make_gan(two_replicas)
     initial = state(one)
     return one, two, initial, batches(one.noise_spec())
 
