@@ -108,17 +108,17 @@ class EpochEnd(keras.callbacks.Callback):
     """At the end of every epoch: ``preview(epoch)`` (sample images) and the
     reference's log line with the epoch's mean losses."""
 
-    def __init__(self, gan, preview, out=sys.stdout):
+    def __init__(self, gan, preview, out=None):
         super().__init__()
         self.gan = gan
         self.preview = preview
-        self.out = out
+        self.out = out  # default: the current sys.stdout
 
     def on_epoch_end(self, epoch, logs=None):
         self.preview(epoch)
         means = {k: float(t.result()) for k, t in self.gan.trackers.items()}
         line = "; ".join(f"{k}: {v:.6g}" for k, v in means.items())
-        print(f"Epoch {epoch} | {line}", file=self.out, flush=True)
+        print(f"Epoch {epoch} | {line}", file=self.out or sys.stdout, flush=True)
         if not all(np.isfinite(list(means.values()))):
             raise TrainingDiverged(f"epoch {epoch} mean losses are not finite ({line}).")
 

@@ -133,8 +133,8 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
         guard,
         snapshot,
         TensorBoardSummaries(gan, writer),
+        Progress(),  # before EpochEnd, so the bar's line is finished first
         EpochEnd(gan, lambda epoch: preview(epoch, writer)),
-        Progress(),
     ]
     print(f"Training from iteration {counter} (epoch {first_epoch}), "
           f"{steps} iterations per epoch, logs in {log_dir}")

@@ -1,0 +1,116 @@
+"""Convert a reference StackGAN checkpoint into this project's formats.
+
+    python misc/convert_checkpoint.py models/birds_model_164000.ckpt models/birds_164000 \\
+        [--cfg demo/cfg/birds-demo.yml] [--no-optimizer-state]
+
+REF is a checkpoint written by the original TF 0.11/0.12 code (V1 ``.ckpt``
+file or V2 prefix; Stage-I or Stage-II, found from its variables).  OUT_DIR
+receives:
+
+  * ``model-<N>.index`` / ``.data-*`` and a ``checkpoint`` state file: our
+    native training checkpoint (networks, batch-norm statistics, Adam state,
+    counters), loadable as TRAIN.PRETRAINED_MODEL or TEST.PRETRAINED_MODEL
+    (OUT_DIR itself or the ``model-<N>`` prefix);
+  * ``generator.weights.h5``: Keras weights of the text-to-image generator
+    (Stage-I ``g_net`` and, for Stage-II, ``hr_g_net``), for use without our
+    trainers::
+
+        from misc.config import load_config
+        from misc.sampling import StackGANGenerator
+        model = StackGANGenerator.for_config(load_config("demo/cfg/birds-demo.yml"),
+                                             embedding_dim=1024, stage=2)
+        model.load_weights("models/birds_164000/generator.weights.h5")
+        out = model(embeddings, eps, z, hr_eps)   # any of the noise may be None
+        out["fake_images"], out["hr_fake_images"]  # [-1, 1], 64x64 and 256x256
+
+  * ``conversion.json``: what was converted (stage, embedding size, config
+    dimensions, iteration) -- the arguments ``for_config`` needs.
+
+The model dimensions come from --cfg (default: the reference defaults, which
+the published models use); the text-embedding size from the checkpoint.
+Given a checkpoint of this project instead, only the Keras weights file and
+``conversion.json`` are written.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from misc import experiment  # noqa: E402
+from misc.checkpoints import Snapshotter  # noqa: E402
+from misc.config import load_config  # noqa: E402
+from misc.sampling import (  # noqa: E402
+    StackGANGenerator,
+    describe_checkpoint,
+    load_generator,
+    load_reference_trainer,
+)
+
+WEIGHTS_FILE = "generator.weights.h5"
+INFO_FILE = "conversion.json"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Convert a reference StackGAN checkpoint to a native checkpoint and Keras weights.")
+    parser.add_argument("checkpoint", help="reference checkpoint (.ckpt file or V2 prefix)")
+    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("--cfg", dest="cfg_file", default=None,
+                        help="YAML config with the model dimensions (default: reference defaults)")
+    parser.add_argument("--no-optimizer-state", dest="optimizer_state", action="store_false",
+                        help="do not import the Adam slots and step counts")
+    return parser.parse_args(argv)
+
+
+def convert(config, checkpoint, out_dir, optimizer_state=True, log=print):
+    """Write the conversions of ``checkpoint`` into ``out_dir``; returns
+    {'native': prefix or None, 'weights': path, 'info': dict}."""
+    info = describe_checkpoint(checkpoint)
+    os.makedirs(out_dir, exist_ok=True)
+    native = None
+    if info.kind == "reference":
+        gan, report, info = load_reference_trainer(config, info.path, optimizer_state)
+        log(report.summary())
+        native = Snapshotter(gan, out_dir, max_to_keep=None).save()
+        log(f"Native checkpoint written: {native}")
+        model = StackGANGenerator(gan.generator, getattr(gan, "hr_generator", None))
+        model.build_variables(info.embedding_dim)
+    else:
+        model, report, info = load_generator(config, info.path, info)
+        log(report.summary())
+        log(f"{info.path} is already a checkpoint of this project; writing the Keras weights only.")
+    weights = os.path.join(out_dir, WEIGHTS_FILE)
+    model.save_weights(weights)
+    log(f"Keras generator weights written: {weights}")
+    details = {
+        "source": os.path.abspath(info.path),
+        "source_kind": info.kind,
+        "stage": info.stage,
+        "embedding_dim": info.embedding_dim,
+        "iteration": info.counter,
+        "Z_DIM": config.Z_DIM,
+        "GAN": {"EMBEDDING_DIM": config.GAN.EMBEDDING_DIM, "GF_DIM": config.GAN.GF_DIM,
+                "DF_DIM": config.GAN.DF_DIM, "NETWORK_TYPE": info.network_type},
+        "TEST": {"LR_IMSIZE": config.TEST.LR_IMSIZE, "HR_IMSIZE": config.TEST.HR_IMSIZE},
+        "native_checkpoint": native and os.path.basename(native),
+        "keras_weights": WEIGHTS_FILE,
+        "keras_loading": "StackGANGenerator.for_config(config, embedding_dim, stage)"
+                         ".load_weights(keras_weights)",
+    }
+    with open(os.path.join(out_dir, INFO_FILE), "w", encoding="utf-8") as f:
+        json.dump(details, f, indent=2)
+    return {"native": native, "weights": weights, "info": details}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = load_config(args.cfg_file)
+    return convert(config, args.checkpoint, args.out_dir, args.optimizer_state)
+
+
+if __name__ == "__main__":
+    experiment.run_main(main)

@@ -1,0 +1,547 @@
+"""Sampling from a trained StackGAN: load a checkpoint (ours or the authors'),
+build the generators it needs, and generate images from text embeddings.
+
+A checkpoint is either
+
+  * a native one (``tf.train.Checkpoint`` written by our trainers or by
+    ``misc/convert_checkpoint.py``: a ``model-<N>`` prefix or a directory of
+    them), or
+  * a reference one written by the original TF 0.11/0.12 code (the published
+    ``birds_model_164000.ckpt``, ``flowers_model_130000.ckpt``, Stage-I
+    ``model_<N>.ckpt``; V1 single file or V2 prefix).
+
+Everything the models need is read from the checkpoint where it can be: the
+stage (Stage-II if it has ``hr_g_net``), the text-embedding size (the input
+size of the first fully connected layer, ``g_net/custom_fully_connected/
+Linear/Matrix``) and the Stage-I network type.  The other dimensions (Z_DIM,
+GAN.EMBEDDING_DIM, GAN.GF_DIM, GAN.DF_DIM, image sizes) come from the config;
+a checkpoint trained with others is refused with an error naming a variable,
+both shapes and the checkpoint's dimensions.
+
+Importing a reference checkpoint is a by-name copy (``plan_import``): every
+model variable must be in the checkpoint with the same shape; checkpoint
+variables nothing takes are reported, except optimizer slots, beta powers,
+``global_step`` and TF 0.12's batch-norm zero-debias state, which are
+expected leftovers (``misc.tf1_checkpoint.leftover_kind``).
+
+Sampling runs the generators in inference mode (batch norm on the moving
+statistics), as the reference demo (``pt.Phase.test``): ``z ~ N(0, 1)``,
+``eps`` and ``hr_eps`` truncated normal (|x| <= 2), unless given.
+"""
+
+import collections
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from misc.checkpoints import OBJECT_GRAPH_KEY, resolve
+from misc.config import ConfigError
+from misc.datasets import DatasetError
+from misc.reference_import import import_reference_checkpoint, network_variables
+from misc.tf1_checkpoint import CheckpointError, ReferenceCheckpoint, counter_from_path, leftover_kind
+from stageI.model import NETWORK_TYPES, StageIGenerator
+
+CA_MATRIX = "g_net/custom_fully_connected/Linear/Matrix"
+SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
+HR_LR_RATIO = 4
+MAX_COPIES = 16  # the reference demo draws at most 16 samples per caption
+TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviations
+
+
+class InputError(DatasetError):
+    """Bad sampling input (embeddings, captions, noise); names the path and the fix."""
+
+
+def one_line(text):
+    return " ".join(str(text).split())
+
+
+# -- what a checkpoint holds -------------------------------------------------
+
+@dataclasses.dataclass
+class CheckpointInfo:
+    kind: str            # 'native' or 'reference'
+    path: str            # what TensorFlow opens (V1 file or V2 / native prefix)
+    stage: int           # 1 or 2
+    embedding_dim: int   # text-embedding size the generators take
+    network_type: str    # Stage-I network: 'default' or 'simple'
+    counter: int         # training iteration it was saved at (None if unknown)
+    shapes: dict = dataclasses.field(default_factory=dict, repr=False)  # reference only
+
+
+def _object_graph(path):
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor(OBJECT_GRAPH_KEY))
+    return graph
+
+
+def _node(graph, names):
+    """Node id reached from the root along ``names`` (None if absent)."""
+    node = 0
+    for name in names:
+        children = {c.local_name: c.node_id for c in graph.nodes[node].children}
+        if name not in children:
+            return None
+        node = children[name]
+    return node
+
+
+def _native_value_key(graph, names):
+    node = _node(graph, names)
+    if node is None:
+        return None
+    for attribute in graph.nodes[node].attributes:
+        if attribute.name == "VARIABLE_VALUE":
+            return attribute.checkpoint_key
+    return None
+
+
+def describe_checkpoint(path):
+    """Open ``path`` (see ``misc.checkpoints.resolve``) and return its
+    ``CheckpointInfo``; one-line ``CheckpointError`` for anything that is not
+    a StackGAN checkpoint."""
+    kind, path = resolve(path)
+    if kind == "reference":
+        ckpt = ReferenceCheckpoint(path)
+        shapes = ckpt.shapes
+        if CA_MATRIX not in shapes:
+            raise CheckpointError(
+                f"{path}: not a StackGAN generator checkpoint: it has no {CA_MATRIX} "
+                "(the text-conditioning layer every StackGAN generator starts with).")
+        stage = 2 if ckpt.has_scope("hr_g_net") else 1
+        network_type = "simple" if SIMPLE_MARKER in shapes else "default"
+        return CheckpointInfo(kind, path, stage, int(shapes[CA_MATRIX][0]), network_type,
+                              counter_from_path(path), shapes)
+    graph = _object_graph(path)
+    parts = {c.local_name for c in graph.nodes[0].children}
+    key = _native_value_key(graph, ("generator", "ca", "fc", "matrix"))
+    if "generator" not in parts or key is None:
+        raise CheckpointError(
+            f"{path}: a TensorFlow object-based checkpoint, but not a StackGAN one (it holds "
+            f"{', '.join(sorted(parts)) or 'nothing'}, no 'generator' network). Point "
+            "TEST.PRETRAINED_MODEL at a model-<N> prefix written by this project or at a "
+            "reference .ckpt file.")
+    reader = tf.train.load_checkpoint(path)
+    embedding_dim = int(reader.get_variable_to_shape_map()[key][0])
+    simple = _node(graph, ("generator", "image_generator", "stack")) is not None
+    counter_key = _native_value_key(graph, ("counter",))
+    counter = int(reader.get_tensor(counter_key)) if counter_key else None
+    stage = 2 if "hr_generator" in parts else 1
+    return CheckpointInfo(kind, path, stage, embedding_dim, "simple" if simple else "default", counter)
+
+
+def reference_dimensions(shapes):
+    """The config values a reference checkpoint was trained with, as far as
+    its variables tell: {'Z_DIM': .., 'GAN.EMBEDDING_DIM': .., ...}."""
+    dims = {}
+    if CA_MATRIX in shapes:
+        ef = shapes[CA_MATRIX][1] // 2
+        fc1 = shapes.get("g_net/custom_fully_connected_1/Linear/Matrix")
+        if fc1:
+            dims["Z_DIM"] = fc1[0] - ef
+        dims["GAN.EMBEDDING_DIM"] = ef
+    for name, axis in (("g_net/custom_conv2d_9/custom_conv2d_9/w", 2),
+                       ("g_net/custom_deconv2d_3/custom_deconv2d_3/w", 3)):
+        if name in shapes:
+            dims["GAN.GF_DIM"] = shapes[name][axis]
+    for name in ("d_net/custom_conv2d/custom_conv2d/w", "hr_d_net/custom_conv2d/custom_conv2d/w"):
+        if name in shapes:
+            dims["GAN.DF_DIM"] = shapes[name][3]
+            break
+    return dims
+
+
+def _dims_text(dims):
+    return ", ".join(f"{k} {v}" for k, v in dims.items())
+
+
+# -- matching model variables with a reference checkpoint ------------------
+
+@dataclasses.dataclass
+class ImportPlan:
+    """How the variables of the models at hand map onto a checkpoint's."""
+
+    matched: list     # names with the same shape in both
+    mismatched: list  # (name, checkpoint shape, model shape)
+    missing: list     # model variables the checkpoint lacks
+    unused: list      # checkpoint model variables of the built networks nothing takes
+    not_needed: list  # checkpoint model variables of networks not built (e.g. critics when sampling)
+    leftovers: dict   # kind -> names: optimizer slots, beta powers, global_step, zero-debias state
+
+    @property
+    def complete(self):
+        return not (self.mismatched or self.missing or self.unused)
+
+
+def plan_import(model_shapes, checkpoint_shapes, scopes=None):
+    """Match ``{reference name: shape}`` of the models against a checkpoint's
+    ``{name: shape}``.  ``scopes``: the network scopes built (default: those
+    of the model names); checkpoint variables of other networks are
+    ``not_needed``."""
+    model_shapes = {n: tuple(s) for n, s in model_shapes.items()}
+    checkpoint_shapes = {n: tuple(s) for n, s in checkpoint_shapes.items()}
+    scopes = set(scopes) if scopes is not None else {n.split("/", 1)[0] for n in model_shapes}
+    matched, mismatched, unused, not_needed = [], [], [], []
+    leftovers = collections.defaultdict(list)
+    for name, shape in sorted(checkpoint_shapes.items()):
+        if name in model_shapes:
+            if model_shapes[name] == shape:
+                matched.append(name)
+            else:
+                mismatched.append((name, shape, model_shapes[name]))
+            continue
+        kind = leftover_kind(name)
+        if kind is not None:
+            leftovers[kind].append(name)
+        elif name.split("/", 1)[0] in scopes:
+            unused.append(name)
+        else:
+            not_needed.append(name)
+    missing = sorted(set(model_shapes) - set(checkpoint_shapes))
+    return ImportPlan(matched, mismatched, missing, unused, not_needed, dict(leftovers))
+
+
+def check_plan(plan, path, checkpoint_shapes, network_type=None):
+    """Raise a one-line ``CheckpointError`` when the models cannot be filled."""
+    dims = reference_dimensions(checkpoint_shapes)
+    if plan.mismatched:
+        name, ckpt_shape, model_shape = plan.mismatched[0]
+        raise CheckpointError(
+            f"{path}: {len(plan.mismatched)} variable(s) have another shape than in the models "
+            f"built from the config, e.g. {name}: checkpoint {list(ckpt_shape)}, model "
+            f"{list(model_shape)}. The checkpoint was trained with {_dims_text(dims)}; use a "
+            "config (--cfg) with these values.")
+    if plan.missing:
+        hint = ("the checkpoint holds another Stage-I network type (GAN.NETWORK_TYPE)"
+                if network_type is None else
+                f"set GAN.NETWORK_TYPE: {network_type} in the config")
+        raise CheckpointError(
+            f"{path}: {len(plan.missing)} model variable(s) are not in the checkpoint, e.g. "
+            f"{', '.join(plan.missing[:3])}; it was written by another network ({hint}).")
+
+
+@dataclasses.dataclass
+class LoadReport:
+    path: str
+    kind: str
+    stage: int
+    counter: int
+    filled: list
+    unused: list = dataclasses.field(default_factory=list)
+    not_needed: list = dataclasses.field(default_factory=list)
+    leftovers: dict = dataclasses.field(default_factory=dict)
+    optimizer_state: bool = False
+
+    def summary(self):
+        what = "reference" if self.kind == "reference" else "native"
+        counter = "" if self.counter is None else f", iteration {self.counter}"
+        lines = [f"Loaded {len(self.filled)} variables from {what} Stage-{'I' * self.stage} "
+                 f"checkpoint {self.path}{counter}."]
+        if self.unused:
+            lines.append(f"Checkpoint model variables not used ({len(self.unused)}): "
+                         f"{', '.join(self.unused)}")
+        if self.not_needed:
+            scopes = sorted({n.split('/', 1)[0] for n in self.not_needed})
+            lines.append(f"Not needed here: {len(self.not_needed)} variables of "
+                         f"{', '.join(scopes)}.")
+        if self.leftovers:
+            lines.append("Skipped training state: " + ", ".join(
+                f"{len(v)} {k}" for k, v in sorted(self.leftovers.items())) + ".")
+        if self.optimizer_state:
+            lines.append("Optimizer state (Adam slots, step counts) imported.")
+        return "\n".join(lines)
+
+
+# -- the generators ---------------------------------------------------------
+
+def image_sizes(config, stage):
+    """(Stage-I size, Stage-II size or None) from TEST.LR_IMSIZE / HR_IMSIZE."""
+    lr, hr = int(config.TEST.LR_IMSIZE), int(config.TEST.HR_IMSIZE)
+    if lr % 16:
+        raise ConfigError(f"TEST.LR_IMSIZE {lr} must be a multiple of 16 (64 for the published models).")
+    if stage == 2 and hr != HR_LR_RATIO * lr:
+        raise ConfigError(f"TEST.HR_IMSIZE {hr} must be {HR_LR_RATIO} x TEST.LR_IMSIZE ({lr}): "
+                          f"Stage-II upsamples {HR_LR_RATIO}x; set it to {HR_LR_RATIO * lr}.")
+    return lr, (hr if stage == 2 else None)
+
+
+class StackGANGenerator(keras.Model):
+    """The text-to-image generator: Stage-I ``g_net`` and, for Stage-II,
+    ``hr_g_net`` on its output.
+
+    ``call(embeddings, eps=None, z=None, hr_eps=None)`` returns
+    ``{"fake_images": (B, s, s, 3), "hr_fake_images": (B, 4s, 4s, 3)}``
+    (the second only with ``hr_g_net``) in [-1, 1], batch norm in inference
+    mode; noise left as None is drawn.  This is the model whose weights
+    ``misc/convert_checkpoint.py`` writes as ``generator.weights.h5``::
+
+        model = StackGANGenerator.for_config(load_config(cfg), embedding_dim=1024, stage=2)
+        model.load_weights("generator.weights.h5")
+    """
+
+    def __init__(self, generator, hr_generator=None, **kwargs):
+        kwargs.setdefault("name", "stackgan_generator")
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.hr_generator = hr_generator
+
+    @classmethod
+    def for_config(cls, config, embedding_dim, stage=2, network_type=None):
+        """Build (with variables) the generators of a config; Stage-II only
+        with the 'default' network."""
+        network_type = network_type or config.GAN.NETWORK_TYPE
+        if network_type not in NETWORK_TYPES:
+            raise ConfigError(f"GAN.NETWORK_TYPE is '{network_type}'; use "
+                              f"{' or '.join(repr(t) for t in NETWORK_TYPES)}.")
+        if stage == 2 and network_type != "default":
+            raise ConfigError(f"GAN.NETWORK_TYPE is '{network_type}'; Stage-II exists only "
+                              "for 'default'.")
+        lr_size, _ = image_sizes(config, stage)
+        gan, aug = config.GAN, config.TRAIN.COND_AUGMENTATION
+        generator = StageIGenerator(z_dim=config.Z_DIM, ef_dim=gan.EMBEDDING_DIM, gf_dim=gan.GF_DIM,
+                                    image_size=lr_size, network_type=network_type,
+                                    cond_augmentation=aug)
+        hr_generator = None
+        if stage == 2:
+            from stageII.model import StageIIGenerator
+            hr_generator = StageIIGenerator(ef_dim=gan.EMBEDDING_DIM, gf_dim=gan.GF_DIM,
+                                            lr_size=lr_size, cond_augmentation=aug)
+        model = cls(generator, hr_generator)
+        model.build_variables(embedding_dim)
+        return model
+
+    @property
+    def stage(self):
+        return 1 if self.hr_generator is None else 2
+
+    @property
+    def z_dim(self):
+        return self.generator.z_dim
+
+    @property
+    def ef_dim(self):
+        return self.generator.ef_dim
+
+    def build_variables(self, embedding_dim):
+        """Create every variable with one inference pass on zeros."""
+        self(tf.zeros((1, embedding_dim)), tf.zeros((1, self.ef_dim)), tf.zeros((1, self.z_dim)),
+             tf.zeros((1, self.ef_dim)))
+
+    def call(self, embeddings, eps=None, z=None, hr_eps=None):
+        lr = self.generator(embeddings, eps, z, training=False)["images"]
+        out = {"fake_images": lr}
+        if self.hr_generator is not None:
+            out["hr_fake_images"] = self.hr_generator(lr, embeddings, hr_eps, training=False)["images"]
+        return out
+
+    def reference_variables(self):
+        found = dict(self.generator.reference_variables())
+        if self.hr_generator is not None:
+            found.update(self.hr_generator.reference_variables())
+        return found
+
+    def networks(self):
+        """Name -> network, under the names our training checkpoints use."""
+        nets = {"generator": self.generator}
+        if self.hr_generator is not None:
+            nets["hr_generator"] = self.hr_generator
+        return nets
+
+
+def _check_network_type(info, config):
+    wanted = config.GAN.NETWORK_TYPE
+    if info.stage == 1 and info.network_type != wanted:
+        raise CheckpointError(
+            f"{info.path}: holds a '{info.network_type}' Stage-I network but GAN.NETWORK_TYPE "
+            f"is '{wanted}'; set GAN.NETWORK_TYPE: {info.network_type} in the config.")
+
+
+def import_reference_variables(variables, info, scopes=None):
+    """Fill ``{reference name: variable}`` from the reference checkpoint of
+    ``info`` after checking the whole mapping; returns a ``LoadReport``."""
+    ckpt = ReferenceCheckpoint(info.path)
+    plan = plan_import({n: v.shape for n, v in variables.items()}, ckpt.shapes, scopes)
+    check_plan(plan, info.path, ckpt.shapes, info.network_type)
+    filled = ckpt.load(variables)
+    return LoadReport(info.path, info.kind, info.stage, info.counter, filled, plan.unused,
+                      plan.not_needed, plan.leftovers)
+
+
+def restore_native_networks(networks, info):
+    """Restore the named networks ({'generator': ..., ...}) from a native
+    checkpoint, requiring every one of their variables."""
+    checkpoint = tf.train.Checkpoint(**networks)
+    variables = {n: v for net in networks.values() for n, v in net.reference_variables().items()}
+    tracked = {id(t) for t in tf.train.TrackableView(checkpoint).descendants()}
+    untracked = [n for n, v in variables.items()
+                 if id(v) not in tracked and id(getattr(v, "value", None)) not in tracked]
+    if untracked:  # a layer tf.train.Checkpoint cannot see: it would keep its initial values
+        raise RuntimeError(f"variables not tracked by tf.train.Checkpoint: {', '.join(untracked[:5])}")
+    try:
+        status = checkpoint.read(info.path)  # read: no save_counter (files from write() lack it)
+        status.expect_partial()  # the critics, optimizers and counters stay in the file
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as exc:
+        raise CheckpointError(
+            f"{info.path}: does not fit the models built from the config ({one_line(exc)[:400]}). "
+            "Use the config the checkpoint was trained with.") from None
+    return LoadReport(info.path, info.kind, info.stage, info.counter, sorted(variables))
+
+
+def load_generator(config, path, info=None):
+    """Build the generator(s) a checkpoint holds and load them.
+
+    Returns ``(model, report, info)``: a ``StackGANGenerator`` (Stage-II if
+    the checkpoint has one), the ``LoadReport`` and the ``CheckpointInfo``
+    (pass ``info`` from ``describe_checkpoint`` to skip reading it again).
+    """
+    info = info or describe_checkpoint(path)
+    _check_network_type(info, config)
+    model = StackGANGenerator.for_config(config, info.embedding_dim, info.stage, info.network_type)
+    if info.kind == "reference":
+        report = import_reference_variables(model.reference_variables(), info)
+    else:
+        report = restore_native_networks(model.networks(), info)
+    return model, report, info
+
+
+def build_trainer(config, stage, embedding_dim):
+    """The Stage-I or Stage-II trainer of a config (networks and optimizers)."""
+    if stage == 1:
+        from stageI.model import build_stage_i
+        from stageI.trainer import StageIGAN
+        return StageIGAN.from_config_tree(config, *build_stage_i(config, embedding_dim,
+                                                                  config.TEST.LR_IMSIZE))
+    from stageII.model import build_stage_ii
+    from stageII.trainer import StageIIGAN
+    image_sizes(config, 2)
+    return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim,
+                                                                config.TEST.LR_IMSIZE))
+
+
+def load_reference_trainer(config, path, optimizer_state=True):
+    """A trainer of the checkpoint's stage with everything a reference
+    checkpoint holds: networks, batch-norm statistics, Adam state, counters.
+    Returns ``(gan, report, info)``."""
+    info = describe_checkpoint(path)
+    if info.kind != "reference":
+        raise CheckpointError(f"{info.path}: already a checkpoint of this project, not a "
+                              "reference one.")
+    _check_network_type(info, config)
+    if info.stage == 2 and config.GAN.NETWORK_TYPE != "default":
+        raise ConfigError("a Stage-II checkpoint needs GAN.NETWORK_TYPE 'default'.")
+    gan = build_trainer(config, info.stage, info.embedding_dim)
+    variables = network_variables(gan)
+    plan = plan_import({n: v.shape for n, v in variables.items()}, info.shapes)
+    check_plan(plan, info.path, info.shapes, info.network_type)
+    imported = import_reference_checkpoint(gan, info.path, optimizer_state=optimizer_state)
+    report = LoadReport(info.path, info.kind, info.stage, info.counter, imported.filled,
+                        plan.unused, plan.not_needed, plan.leftovers, imported.optimizer_state)
+    return gan, report, info
+
+
+# -- noise and sampling ------------------------------------------------------
+
+def truncated_normal(rng, shape, bound=TRUNCATION):
+    """Standard normal values redrawn until |x| <= bound (tf.truncated_normal)."""
+    values = rng.standard_normal(shape)
+    outside = np.abs(values) > bound
+    while outside.any():
+        values[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > bound
+    return values.astype(np.float32)
+
+
+def draw_noise(rng, count, z_dim, ef_dim):
+    """Noise for ``count`` samples: z ~ N(0, 1), eps and hr_eps truncated normal."""
+    return {"z": rng.standard_normal((count, z_dim)).astype(np.float32),
+            "eps": truncated_normal(rng, (count, ef_dim)),
+            "hr_eps": truncated_normal(rng, (count, ef_dim))}
+
+
+def expand_noise(noise, num_captions, num_copy, z_dim, ef_dim, stage, source="noise"):
+    """Check user noise and lay it out for ``num_captions x num_copy`` samples.
+
+    Each array has one row per sample, caption-major (row ``i * num_copy + k``
+    is copy ``k`` of caption ``i``), or exactly ``num_copy`` rows, reused
+    for every caption (copy ``k`` of every caption gets row ``k``).
+    """
+    wanted = {"z": z_dim, "eps": ef_dim}
+    if stage == 2:
+        wanted["hr_eps"] = ef_dim
+    total = num_captions * num_copy
+    out = {}
+    for key, dim in wanted.items():
+        if key not in noise:
+            raise InputError(f"{source}: has no array '{key}'; it needs z (N, {z_dim}), "
+                             f"eps (N, {ef_dim})" + (f" and hr_eps (N, {ef_dim})" if stage == 2 else "")
+                             + f" with N = {total} (captions x copies) or {num_copy} (copies).")
+        array = np.asarray(noise[key], dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != dim or array.shape[0] not in (total, num_copy):
+            raise InputError(f"{source}: '{key}' has shape {list(array.shape)}; expected "
+                             f"[{total}, {dim}] (captions x copies, caption-major) or "
+                             f"[{num_copy}, {dim}] (one row per copy, reused for every caption).")
+        if array.shape[0] != total:
+            array = np.tile(array, (num_captions, 1))
+        out[key] = array
+    return out
+
+
+class Sampler:
+    """Runs a ``StackGANGenerator`` in batches on numpy inputs."""
+
+    def __init__(self, model):
+        self.model = model
+        self._run = tf.function(self._forward, reduce_retracing=True)
+
+    def _forward(self, embeddings, eps, z, hr_eps):
+        return self.model(embeddings, eps, z, hr_eps)
+
+    @property
+    def stage(self):
+        return self.model.stage
+
+    def __call__(self, embeddings, eps, z, hr_eps=None):
+        """(Stage-I images, Stage-II images or None) as float32 numpy arrays."""
+        embeddings = tf.convert_to_tensor(np.asarray(embeddings, np.float32))
+        if hr_eps is None:
+            hr_eps = np.zeros_like(eps)
+        out = self._run(embeddings, tf.convert_to_tensor(np.asarray(eps, np.float32)),
+                        tf.convert_to_tensor(np.asarray(z, np.float32)),
+                        tf.convert_to_tensor(np.asarray(hr_eps, np.float32)))
+        hr = out.get("hr_fake_images")
+        return out["fake_images"].numpy(), (None if hr is None else hr.numpy())
+
+    def generate(self, embeddings, num_copy, batch_size, noise):
+        """Yield ``(first caption index, lr, hr)`` per batch of captions:
+        ``lr`` (n, num_copy, s, s, 3), ``hr`` (n, num_copy, 4s, 4s, 3) or
+        None; ``noise`` as laid out by ``expand_noise``.  As the reference
+        demo, each batch of up to ``batch_size`` captions is run once per copy."""
+        embeddings = np.asarray(embeddings, np.float32)
+        for start in range(0, len(embeddings), batch_size):
+            ids = np.arange(start, min(start + batch_size, len(embeddings)))
+            lrs, hrs = [], []
+            for k in range(num_copy):
+                rows = ids * num_copy + k
+                lr, hr = self(embeddings[ids], noise["eps"][rows], noise["z"][rows],
+                              noise["hr_eps"][rows] if "hr_eps" in noise else None)
+                lrs.append(lr)
+                hrs.append(hr)
+            yield (start, np.stack(lrs, axis=1),
+                   None if hrs[0] is None else np.stack(hrs, axis=1))
+
+
+def resolve_checkpoint_path(path):
+    """``path`` as given; a relative path that does not exist from the
+    working directory is tried against the repository root (the reference
+    configs name './models/...', relative to it)."""
+    if path and not os.path.isabs(path) and not (os.path.exists(path) or os.path.exists(path + ".index")):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        candidate = os.path.join(root, path)
+        if os.path.exists(candidate) or os.path.exists(candidate + ".index"):
+            return candidate
+    return path

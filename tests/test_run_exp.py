@@ -1,0 +1,271 @@
+"""End to end: stageI/run_exp.py and stageII/run_exp.py on tiny datasets."""
+
+import glob
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from golden_support import tiny_config, unpack_checkpoint
+from misc import callbacks as callbacks_module
+from misc import experiment, safe_pickle
+from misc.checkpoints import restore_native
+from stageI import run_exp as stage_i
+from stageII import run_exp as stage_ii
+from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset("data", stage_ii=True)
+    return tmp_path
+
+
+def run(main, name, **overrides):
+    """Run a run_exp main() on a tiny config; return its log directory."""
+    before = set(glob.glob("ckt_logs/*/*"))
+    experiment.run_main(main, ["--cfg", write_config(f"{name}.yml", tiny_train_config(**overrides))])
+    created = sorted(set(glob.glob("ckt_logs/*/*")) - before)
+    return created[-1] if created else None
+
+
+def summary_values(log_dir):
+    """{tag: [(step, value or None for non-scalars)]} from the event files."""
+    values = {}
+    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                number = float(tf.make_ndarray(v.tensor)) if v.metadata.plugin_data.plugin_name == "scalars" else None
+                values.setdefault(v.tag, []).append((event.step, number))
+    return values
+
+
+def epoch_lines(text):
+    return [line for line in text.splitlines() if line.startswith("Epoch ") and "|" in line]
+
+
+def test_stage_i_trains_and_writes_snapshots_summaries_and_images(workdir, capsys):
+    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 2})
+    for n in (3, 6):  # 12 images / batch 4 = 3 iterations per epoch; SNAPSHOT_INTERVAL 3
+        assert os.path.exists(os.path.join(log_dir, f"model-{n}.index"))
+    tags = summary_values(log_dir)
+    for tag in ("d_loss", "d_loss_real", "d_loss_wrong", "d_loss_fake", "g_loss", "g_loss_kl_loss",
+                "d_learning_rate", "g_learning_rate"):
+        assert [step for step, _ in tags[tag]] == [1, 2, 3, 4, 5, 6], tag
+        assert all(np.isfinite(v) for _, v in tags[tag])
+    assert len(tags["hist_c"]) == len(tags["hist_z"]) == 6
+    assert {"train", "test"} <= set(tags)  # sample images
+    # LR_DECAY_EPOCH 1: the rate halves at the start of epoch 1
+    assert [v for _, v in tags["g_learning_rate"]] == pytest.approx([2e-4] * 3 + [1e-4] * 3)
+    for name in ("train.jpg", "test.jpg"):  # NUM_COPY 2: rows of a real image + 2 samples
+        assert Image.open(os.path.join(log_dir, name)).size == (3 * 64, 2 * 64)
+    assert open(os.path.join(log_dir, "test.txt")).read().count("***row") == 2
+    lines = epoch_lines(capsys.readouterr().out)
+    assert len(lines) == 2 and lines[0].startswith("Epoch 0 | d_loss: ")
+
+
+def test_resume_continues_the_counter_and_replays_the_uninterrupted_run(workdir, capsys):
+    full = run(stage_i.main, "full", **{"TRAIN.MAX_EPOCH": 2})
+    full_lines = epoch_lines(capsys.readouterr().out)
+    resumed = run(stage_i.main, "resume", **{"TRAIN.MAX_EPOCH": 2,
+                                              "TRAIN.PRETRAINED_MODEL": os.path.join(full, "model-3")})
+    out = capsys.readouterr().out
+    assert "Training from iteration 3 (epoch 1)" in out
+    assert epoch_lines(out) == full_lines[1:]  # same data, noise, rate and optimizer state
+    assert [s for s, _ in summary_values(resumed)["d_loss"]] == [4, 5, 6]
+    a = tf.train.load_checkpoint(os.path.join(full, "model-6"))
+    b = tf.train.load_checkpoint(os.path.join(resumed, "model-6"))
+    for name in a.get_variable_to_shape_map():
+        if "save_counter" not in name and "OBJECT_GRAPH" not in name:
+            np.testing.assert_allclose(b.get_tensor(name), a.get_tensor(name), rtol=1e-5, atol=1e-7,
+                                       err_msg=name)
+
+
+def test_a_native_snapshot_restores_every_weight(workdir):
+    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 1})
+    config = experiment.load_config("train.yml")
+    gans = [stage_i.build_gan(config, 24, tf.distribute.get_strategy()) for _ in range(2)]
+    fresh = {n: v.numpy() for n, v in gans[0].generator.reference_variables().items()}
+    restore_native(gans[0], os.path.join(log_dir, "model-3"))
+    restore_native(gans[1], os.path.join(log_dir, "model-3"), parts=("generator", "discriminator", "counter"))
+    assert int(gans[0].counter.numpy()) == 3 and int(gans[0].global_step.numpy()) == 6
+    for net_a, net_b in zip(gans[0].networks().values(), gans[1].networks().values()):
+        for name, var in net_a.reference_variables().items():
+            np.testing.assert_array_equal(var.numpy(), net_b.reference_variables()[name].numpy())
+    # every weight and every batch-norm moving statistic was trained, and came back
+    changed = [n for n, v in gans[0].generator.reference_variables().items()
+               if not np.array_equal(v.numpy(), fresh[n])]
+    assert len(changed) == len(fresh)
+    assert int(gans[0].g_optimizer.iterations.numpy()) == 3
+
+
+def test_stage_i_evaluation_writes_a_sheet_per_test_image(workdir):
+    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 1})
+    run(stage_i.main, "eval", **{"TRAIN.FLAG": False,
+                                 "TRAIN.PRETRAINED_MODEL": os.path.join(log_dir, "model-3")})
+    sheets = sorted(glob.glob(os.path.join(log_dir, "model-3-1real-2samples", "test", "*", "*.jpg")))
+    assert len(sheets) == 6 and sheets[0].endswith("test_000_sentence0.jpg")
+    assert Image.open(sheets[0]).size == (3 * 64, 64)  # real image + NUM_COPY samples
+
+
+def _evil_pickle(path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo hacked",))
+    with open(path, "wb") as f:
+        pickle.dump([1, Evil()], f)
+
+
+@pytest.mark.parametrize("case", ["no dataset", "no image pickle", "refused pickle",
+                                  "no checkpoint", "other embedding size", "eval without checkpoint"])
+def test_bad_input_gives_a_one_line_error(workdir, capsys, case):
+    overrides = {"TRAIN.MAX_EPOCH": 1}
+    expect = None
+    if case == "no dataset":
+        overrides["DATASET_NAME"] = "birds"
+        expect = os.path.join("data", "birds")
+    elif case == "no image pickle":
+        expect = os.path.join("data", "tiny", "train", "76images.pickle")
+        os.remove(expect)
+    elif case == "refused pickle":
+        expect = os.path.join("data", "tiny", "test", "class_info.pickle")
+        _evil_pickle(expect)
+    elif case == "no checkpoint":
+        overrides["TRAIN.PRETRAINED_MODEL"] = expect = "ckt_logs/nope/model-5"
+    elif case == "other embedding size":
+        log_dir = run(stage_i.main, "first", **overrides)
+        for split in ("train", "test"):  # a dataset with 16-d instead of 24-d embeddings
+            path = os.path.join("data", "tiny", split, "char-CNN-RNN-embeddings.pickle")
+            safe_pickle.dump(safe_pickle.load(path)[..., :16], path)
+        overrides["TRAIN.PRETRAINED_MODEL"] = os.path.join(log_dir, "model-3")
+        expect = "does not fit"
+    else:
+        overrides["TRAIN.FLAG"] = False
+        expect = "TRAIN.PRETRAINED_MODEL"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(stage_i.main, "bad", **overrides)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and expect in err and "Traceback" not in err
+
+
+def test_nan_stops_training_and_keeps_the_last_good_snapshot(workdir, capsys):
+    # Poison the image that epoch 0 (seed 0) puts first in its second batch.
+    order = np.random.default_rng([0, 0]).permutation(12)
+    path = os.path.join("data", "tiny", "train", "char-CNN-RNN-embeddings.pickle")
+    embeddings = safe_pickle.load(path)
+    embeddings[order[4]] = np.nan
+    safe_pickle.dump(embeddings, path)
+    with pytest.raises(SystemExit):
+        run(stage_i.main, "nan", **{"TRAIN.SNAPSHOT_INTERVAL": 1})
+    err = capsys.readouterr().err
+    log_dir = glob.glob("ckt_logs/tiny/stageI_*")[0]
+    assert "training diverged at iteration 2" in err and "model-1" in err
+    assert os.path.exists(os.path.join(log_dir, "model-1.index"))
+    assert not glob.glob(os.path.join(log_dir, "model-2*"))
+    reader = tf.train.load_checkpoint(os.path.join(log_dir, "model-1"))
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+
+
+def test_ctrl_c_saves_a_snapshot_to_resume_from(workdir, monkeypatch, capsys):
+    original = callbacks_module.TensorBoardSummaries.on_train_batch_end
+
+    def interrupt_at_two(self, batch, logs=None):
+        original(self, batch, logs)
+        if int(self.gan.counter.numpy()) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks_module.TensorBoardSummaries, "on_train_batch_end", interrupt_at_two)
+    with pytest.raises(SystemExit) as exit_info:
+        run(stage_i.main, "ctrl_c", **{"TRAIN.MAX_EPOCH": 2})
+    assert exit_info.value.code == 130
+    log_dir = glob.glob("ckt_logs/tiny/stageI_*")[0]
+    assert os.path.exists(os.path.join(log_dir, "model-2.index"))
+    assert f"TRAIN.PRETRAINED_MODEL: {os.path.join(log_dir, 'model-2')}" in capsys.readouterr().out
+
+
+def test_command_line_from_the_repository_root_without_pythonpath(workdir):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    write_config("cli.yml", tiny_train_config(**{"TRAIN.MAX_EPOCH": 1}))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "stageI", "run_exp.py"), "--cfg", "cli.yml"],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Epoch 0 | d_loss" in done.stdout and glob.glob("ckt_logs/tiny/stageI_*/model-3.index")
+    write_config("bad.yml", tiny_train_config(**{"TRAIN.PRETRAINED_MODEL": "missing.ckpt"}))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "stageII", "run_exp.py"), "--cfg", "bad.yml"],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: missing.ckpt: checkpoint not found" in done.stderr
+
+
+STAGE_II = {"CONFIG_NAME": "stageII", "TRAIN.PRETRAINED_EPOCH": 0}
+
+
+def test_stage_ii_starts_from_stage_i_trains_resumes_and_evaluates(workdir, capsys):
+    stage_i_dir = run(stage_i.main, "s1", **{"TRAIN.MAX_EPOCH": 1})
+    start = os.path.join(stage_i_dir, "model-3")
+    config = experiment.load_config(write_config("s2.yml", tiny_train_config(
+        **STAGE_II, **{"TRAIN.PRETRAINED_MODEL": start})))
+    # Stage-I trainable weights and the counter come over, not the BN statistics.
+    gan = stage_ii.build_gan(config, 24, tf.distribute.get_strategy())
+    stage_ii.restore(gan, start, config, 24)
+    first = stage_i.build_gan(config, 24, tf.distribute.get_strategy())
+    restore_native(first, start)
+    assert int(gan.counter.numpy()) == 3
+    for ours, theirs in ((gan.generator, first.generator), (gan.discriminator, first.discriminator)):
+        for name, var in ours.reference_variables().items():
+            if var.trainable:
+                np.testing.assert_array_equal(var.numpy(), theirs.reference_variables()[name].numpy())
+            elif name.endswith("/variance"):
+                np.testing.assert_array_equal(var.numpy(), np.ones(var.shape))
+    capsys.readouterr()
+    log_dir = run(stage_ii.main, "s2", **STAGE_II, **{"TRAIN.MAX_EPOCH": 2, "TRAIN.PRETRAINED_MODEL": start})
+    out = capsys.readouterr().out
+    assert "Stage-I checkpoint" in out and "Training from iteration 3 (epoch 1)" in out
+    assert os.path.exists(os.path.join(log_dir, "model-6.index"))
+    for name in ("lr_fake_train", "lr_fake_test", "hr_fake_train", "hr_fake_test"):
+        width = 64 if name.startswith("lr") else 256
+        assert Image.open(os.path.join(log_dir, f"{name}.jpg")).size == (3 * width, 2 * width)
+    tags = summary_values(log_dir)
+    for tag in ("hr_d_loss", "hr_g_loss", "hr_d_loss_real", "hr_d_loss_wrong", "hr_d_loss_fake",
+                "hr_g_loss_fake", "d_loss", "g_loss", "hr_d_learning_rate", "hist_hr_c"):
+        assert len(tags[tag]) == 3, tag
+    resumed = run(stage_ii.main, "s2r", **STAGE_II, **{"TRAIN.MAX_EPOCH": 3,
+                                                       "TRAIN.PRETRAINED_MODEL": log_dir})
+    assert os.path.exists(os.path.join(resumed, "model-9.index"))
+    assert "Stage-II checkpoint" in capsys.readouterr().out
+    run(stage_ii.main, "s2e", **STAGE_II, **{"TRAIN.FLAG": False, "TRAIN.NUM_COPY": 9,
+                                             "TRAIN.PRETRAINED_MODEL": os.path.join(resumed, "model-9")})
+    sheets = glob.glob(os.path.join(resumed, "model-9-1real-9samples", "test", "*", "*_sentence0.jpg"))
+    assert len(sheets) == 6
+    width, height = Image.open(sheets[0]).size
+    # caption strip, two blocks of (Stage-I row + Stage-II row), real image + 8 samples per row
+    assert (width, height) == (256 * 10 + 20, 128 + 4 * 256 + 64)
+
+
+def test_stage_ii_starts_from_a_reference_stage_i_checkpoint(workdir, tmp_path):
+    checkpoint = unpack_checkpoint("stageI", "v1", str(tmp_path / "ref"))
+    config = tiny_config()
+    gan = stage_ii.build_gan(config, 32, tf.distribute.get_strategy())
+    path, stage = stage_ii.restore(gan, checkpoint, config, 32)
+    assert stage == 1 and int(gan.counter.numpy()) == 100  # from model_100.ckpt
+    reader = tf.train.load_checkpoint(checkpoint)
+    for net in (gan.generator, gan.discriminator):
+        for name, var in net.reference_variables().items():
+            if var.trainable:
+                np.testing.assert_array_equal(var.numpy(), reader.get_tensor(name))
+            elif name.endswith("/mean"):  # the fixture's BN statistics are not taken
+                assert not np.array_equal(var.numpy(), reader.get_tensor(name))
+                np.testing.assert_array_equal(var.numpy(), np.zeros(var.shape))
