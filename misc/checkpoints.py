@@ -69,25 +69,70 @@ def resolve(path):
         "Check TRAIN.PRETRAINED_MODEL / TEST.PRETRAINED_MODEL.")
 
 
-def restore_native(gan, prefix, parts=None):
-    """Restore a native checkpoint (all of it, or the named ``parts``)."""
-    if parts is None:
-        objects = {"counter": gan.counter, "global_step": gan.global_step,
-                   **gan.networks(), **gan.optimizers()}
-    else:
-        available = {"counter": gan.counter, "global_step": gan.global_step, **gan.networks()}
-        objects = {k: available[k] for k in parts}
+def restore_objects(objects, prefix, partial=False):
+    """Restore ``{name: trackable}`` from a native checkpoint.
+
+    Every variable of the objects must be reachable by ``tf.train.Checkpoint``
+    (one that is not would silently keep its initial value).  ``partial``:
+    the checkpoint may hold more than the objects (e.g. the critics and
+    optimizers when only generators are loaded).
+    """
     checkpoint = tf.train.Checkpoint(**objects)
+    tracked = {id(t) for t in tf.train.TrackableView(checkpoint).descendants()}
+    for name, obj in objects.items():
+        for var in getattr(obj, "variables", []):
+            if id(var) not in tracked and id(getattr(var, "value", None)) not in tracked:
+                raise RuntimeError(f"{name}: variable {var.path} is not tracked by tf.train.Checkpoint")
     try:
         status = checkpoint.read(prefix)  # read(): no save_counter, which write() does not store
-        if parts is not None:
+        if partial:
             status.expect_partial()
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as exc:
+        detail = " ".join(str(exc).split())[:400]
         raise CheckpointError(
-            f"{prefix}: does not fit the models built from this config ({exc}). "
+            f"{prefix}: does not fit the models built from this config ({detail}). "
             "Use the config the checkpoint was trained with.") from None
     return prefix
+
+
+def restore_native(gan, prefix, parts=None):
+    """Restore a trainer from a native checkpoint: all of it, or the named
+    ``parts`` (networks, ``counter``, ``global_step``)."""
+    available = {"counter": gan.counter, "global_step": gan.global_step, **gan.networks()}
+    if parts is None:
+        return restore_objects({**available, **gan.optimizers()}, prefix)
+    return restore_objects({k: available[k] for k in parts}, prefix, partial=True)
+
+
+def object_graph(path):
+    """The object graph of a native checkpoint."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor(OBJECT_GRAPH_KEY))
+    return graph
+
+
+def graph_node(graph, names):
+    """Id of the node reached from the root along ``names`` (None if absent)."""
+    node = 0
+    for name in names:
+        children = {c.local_name: c.node_id for c in graph.nodes[node].children}
+        if name not in children:
+            return None
+        node = children[name]
+    return node
+
+
+def variable_key(graph, names):
+    """Checkpoint key of the variable at ``names`` (None if absent): where to
+    read it with ``tf.train.load_checkpoint``."""
+    node = graph_node(graph, names)
+    if node is None:
+        return None
+    for attribute in graph.nodes[node].attributes:
+        if attribute.name == "VARIABLE_VALUE":
+            return attribute.checkpoint_key
+    return None
 
 
 def native_parts(path):
@@ -96,9 +141,7 @@ def native_parts(path):
 
     Variable keys cannot tell: each variable is stored under the first path
     that reaches it, often through an optimizer."""
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor(OBJECT_GRAPH_KEY))
-    return {child.local_name for child in graph.nodes[0].children}
+    return {child.local_name for child in object_graph(path).nodes[0].children}
 
 
 def checkpoint_stage(kind, path):

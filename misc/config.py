@@ -10,8 +10,6 @@ one); the module-level ``cfg`` and ``cfg_from_file`` exist for scripts written
 against the reference API.
 """
 
-import copy
-
 import numpy as np
 import yaml
 from easydict import EasyDict as edict
@@ -151,7 +149,3 @@ def load_config(filename=None):
     if filename:
         cfg_from_file(filename, config)
     return config
-
-
-def copy_config(config):
-    return copy.deepcopy(config)

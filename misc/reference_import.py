@@ -2,9 +2,11 @@
 
 What the reference trainer saved -- network weights, batch-norm moving
 statistics, Adam slots and beta powers, ``global_step`` -- is restored by
-name; the iteration counter comes from the file name as in the reference
-(``model_82000.ckpt`` -> 82000).  Every model variable the checkpoint lacks
-and every checkpoint model variable nothing took is reported.
+name after the whole mapping is checked (``misc.tf1_checkpoint``); the
+iteration counter comes from the file name as in the reference
+(``model_82000.ckpt`` -> 82000).  The report lists every checkpoint model
+variable nothing took; optimizer slots, counters and TF 0.12's zero-debias
+state are expected leftovers.
 """
 
 import dataclasses
@@ -13,23 +15,34 @@ from misc.tf1_checkpoint import CheckpointError, ReferenceCheckpoint
 
 
 @dataclasses.dataclass
-class ImportReport:
+class LoadReport:
+    """What loading a checkpoint did."""
+
     path: str
-    filled: list
-    missing: list
-    unused: list
-    optimizer_state: bool
-    counter: int
+    kind: str         # 'reference' or 'native'
+    stage: int
+    counter: int      # iteration the checkpoint was saved at (None if unknown)
+    filled: list      # reference names of the model variables set
+    unused: list = dataclasses.field(default_factory=list)      # checkpoint model variables not taken
+    not_needed: list = dataclasses.field(default_factory=list)  # of networks not built
+    leftovers: dict = dataclasses.field(default_factory=dict)   # kind -> names (slots, counters, ...)
+    optimizer_state: bool = False
 
     def summary(self):
-        lines = [f"Imported {len(self.filled)} variables from reference checkpoint {self.path}"
-                 f" (counter {self.counter})."]
-        if not self.optimizer_state:
-            lines.append("No optimizer state was imported (fresh Adam slots).")
-        if self.missing:
-            lines.append(f"Model variables left at their initial values: {', '.join(self.missing)}")
+        counter = "" if self.counter is None else f", iteration {self.counter}"
+        lines = [f"Loaded {len(self.filled)} variables from {self.kind} Stage-{'I' * self.stage} "
+                 f"checkpoint {self.path}{counter}."]
         if self.unused:
-            lines.append(f"Checkpoint model variables not used: {', '.join(self.unused)}")
+            lines.append(f"Checkpoint model variables not used ({len(self.unused)}): "
+                         f"{', '.join(self.unused)}")
+        if self.not_needed:
+            scopes = sorted({n.split('/', 1)[0] for n in self.not_needed})
+            lines.append(f"Not needed here: {len(self.not_needed)} variables of {', '.join(scopes)}.")
+        if self.leftovers:
+            lines.append("Training state not loaded: " + ", ".join(
+                f"{len(v)} {k}" for k, v in sorted(self.leftovers.items())) + ".")
+        if self.optimizer_state:
+            lines.append("Optimizer state (Adam slots, step counts) imported.")
         return "\n".join(lines)
 
 
@@ -45,7 +58,7 @@ def network_variables(gan, trainable_only=False):
 
 
 def import_reference_checkpoint(gan, path, trainable_only=False, scopes=None,
-                                optimizer_state=True):
+                                optimizer_state=True, network_type=None):
     """Load a reference checkpoint into ``gan`` (a StageIGAN or StageIIGAN).
 
     ``scopes``: only these network scopes (e.g. ``("g_net", "d_net")`` when a
@@ -65,7 +78,7 @@ def import_reference_checkpoint(gan, path, trainable_only=False, scopes=None,
             f"{path}: has no {', '.join(s + '/' for s in missing_scopes)} variables; "
             "it is not a checkpoint of the networks this run needs (a Stage-I checkpoint "
             "cannot initialise Stage-II networks, and vice versa).")
-    filled = ckpt.load(wanted)
+    plan = ckpt.load(wanted, scopes, network_type)
 
     loaded_state = False
     if optimizer_state:
@@ -78,9 +91,9 @@ def import_reference_checkpoint(gan, path, trainable_only=False, scopes=None,
             gan.global_step.assign(int(ckpt.tensor("global_step")))
     counter = ckpt.counter or 0
     gan.counter.assign(counter)
-    used = set(filled)
-    unused = [n for n in ckpt.unused_model_variables(used)
-              if scopes is None or n.split("/", 1)[0] in scopes]
-    if trainable_only:
+    unused = plan.unused
+    if trainable_only:  # the moving statistics are left out on purpose
         unused = [n for n in unused if not n.endswith(("/mean", "/variance"))]
-    return ImportReport(path, filled, [], unused, loaded_state, counter)
+    stage = 2 if ckpt.has_scope("hr_g_net") else 1
+    return LoadReport(path, "reference", stage, counter, plan.matched, unused, plan.not_needed,
+                      plan.leftovers, loaded_state)

@@ -29,23 +29,20 @@ statistics), as the reference demo (``pt.Phase.test``): ``z ~ N(0, 1)``,
 ``eps`` and ``hr_eps`` truncated normal (|x| <= 2), unless given.
 """
 
-import collections
 import dataclasses
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from misc.checkpoints import OBJECT_GRAPH_KEY, resolve
+from misc.checkpoints import graph_node, object_graph, resolve, restore_objects, variable_key
 from misc.config import ConfigError
 from misc.datasets import DatasetError
-from misc.reference_import import import_reference_checkpoint, network_variables
-from misc.tf1_checkpoint import CheckpointError, ReferenceCheckpoint, counter_from_path, leftover_kind
+from misc.reference_import import LoadReport, import_reference_checkpoint
+from misc.tf1_checkpoint import CA_MATRIX, CheckpointError, ReferenceCheckpoint, counter_from_path
 from stageI.model import NETWORK_TYPES, StageIGenerator
 
-CA_MATRIX = "g_net/custom_fully_connected/Linear/Matrix"
 SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
 HR_LR_RATIO = 4
 MAX_COPIES = 16  # the reference demo draws at most 16 samples per caption
@@ -54,10 +51,6 @@ TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviati
 
 class InputError(DatasetError):
     """Bad sampling input (embeddings, captions, noise); names the path and the fix."""
-
-
-def one_line(text):
-    return " ".join(str(text).split())
 
 
 # -- what a checkpoint holds -------------------------------------------------
@@ -71,33 +64,6 @@ class CheckpointInfo:
     network_type: str    # Stage-I network: 'default' or 'simple'
     counter: int         # training iteration it was saved at (None if unknown)
     shapes: dict = dataclasses.field(default_factory=dict, repr=False)  # reference only
-
-
-def _object_graph(path):
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor(OBJECT_GRAPH_KEY))
-    return graph
-
-
-def _node(graph, names):
-    """Node id reached from the root along ``names`` (None if absent)."""
-    node = 0
-    for name in names:
-        children = {c.local_name: c.node_id for c in graph.nodes[node].children}
-        if name not in children:
-            return None
-        node = children[name]
-    return node
-
-
-def _native_value_key(graph, names):
-    node = _node(graph, names)
-    if node is None:
-        return None
-    for attribute in graph.nodes[node].attributes:
-        if attribute.name == "VARIABLE_VALUE":
-            return attribute.checkpoint_key
-    return None
 
 
 def describe_checkpoint(path):
@@ -116,9 +82,9 @@ def describe_checkpoint(path):
         network_type = "simple" if SIMPLE_MARKER in shapes else "default"
         return CheckpointInfo(kind, path, stage, int(shapes[CA_MATRIX][0]), network_type,
                               counter_from_path(path), shapes)
-    graph = _object_graph(path)
+    graph = object_graph(path)
     parts = {c.local_name for c in graph.nodes[0].children}
-    key = _native_value_key(graph, ("generator", "ca", "fc", "matrix"))
+    key = variable_key(graph, ("generator", "ca", "fc", "matrix"))
     if "generator" not in parts or key is None:
         raise CheckpointError(
             f"{path}: a TensorFlow object-based checkpoint, but not a StackGAN one (it holds "
@@ -127,133 +93,11 @@ def describe_checkpoint(path):
             "reference .ckpt file.")
     reader = tf.train.load_checkpoint(path)
     embedding_dim = int(reader.get_variable_to_shape_map()[key][0])
-    simple = _node(graph, ("generator", "image_generator", "stack")) is not None
-    counter_key = _native_value_key(graph, ("counter",))
+    simple = graph_node(graph, ("generator", "image_generator", "stack")) is not None
+    counter_key = variable_key(graph, ("counter",))
     counter = int(reader.get_tensor(counter_key)) if counter_key else None
     stage = 2 if "hr_generator" in parts else 1
     return CheckpointInfo(kind, path, stage, embedding_dim, "simple" if simple else "default", counter)
-
-
-def reference_dimensions(shapes):
-    """The config values a reference checkpoint was trained with, as far as
-    its variables tell: {'Z_DIM': .., 'GAN.EMBEDDING_DIM': .., ...}."""
-    dims = {}
-    if CA_MATRIX in shapes:
-        ef = shapes[CA_MATRIX][1] // 2
-        fc1 = shapes.get("g_net/custom_fully_connected_1/Linear/Matrix")
-        if fc1:
-            dims["Z_DIM"] = fc1[0] - ef
-        dims["GAN.EMBEDDING_DIM"] = ef
-    for name, axis in (("g_net/custom_conv2d_9/custom_conv2d_9/w", 2),
-                       ("g_net/custom_deconv2d_3/custom_deconv2d_3/w", 3)):
-        if name in shapes:
-            dims["GAN.GF_DIM"] = shapes[name][axis]
-    for name in ("d_net/custom_conv2d/custom_conv2d/w", "hr_d_net/custom_conv2d/custom_conv2d/w"):
-        if name in shapes:
-            dims["GAN.DF_DIM"] = shapes[name][3]
-            break
-    return dims
-
-
-def _dims_text(dims):
-    return ", ".join(f"{k} {v}" for k, v in dims.items())
-
-
-# -- matching model variables with a reference checkpoint ------------------
-
-@dataclasses.dataclass
-class ImportPlan:
-    """How the variables of the models at hand map onto a checkpoint's."""
-
-    matched: list     # names with the same shape in both
-    mismatched: list  # (name, checkpoint shape, model shape)
-    missing: list     # model variables the checkpoint lacks
-    unused: list      # checkpoint model variables of the built networks nothing takes
-    not_needed: list  # checkpoint model variables of networks not built (e.g. critics when sampling)
-    leftovers: dict   # kind -> names: optimizer slots, beta powers, global_step, zero-debias state
-
-    @property
-    def complete(self):
-        return not (self.mismatched or self.missing or self.unused)
-
-
-def plan_import(model_shapes, checkpoint_shapes, scopes=None):
-    """Match ``{reference name: shape}`` of the models against a checkpoint's
-    ``{name: shape}``.  ``scopes``: the network scopes built (default: those
-    of the model names); checkpoint variables of other networks are
-    ``not_needed``."""
-    model_shapes = {n: tuple(s) for n, s in model_shapes.items()}
-    checkpoint_shapes = {n: tuple(s) for n, s in checkpoint_shapes.items()}
-    scopes = set(scopes) if scopes is not None else {n.split("/", 1)[0] for n in model_shapes}
-    matched, mismatched, unused, not_needed = [], [], [], []
-    leftovers = collections.defaultdict(list)
-    for name, shape in sorted(checkpoint_shapes.items()):
-        if name in model_shapes:
-            if model_shapes[name] == shape:
-                matched.append(name)
-            else:
-                mismatched.append((name, shape, model_shapes[name]))
-            continue
-        kind = leftover_kind(name)
-        if kind is not None:
-            leftovers[kind].append(name)
-        elif name.split("/", 1)[0] in scopes:
-            unused.append(name)
-        else:
-            not_needed.append(name)
-    missing = sorted(set(model_shapes) - set(checkpoint_shapes))
-    return ImportPlan(matched, mismatched, missing, unused, not_needed, dict(leftovers))
-
-
-def check_plan(plan, path, checkpoint_shapes, network_type=None):
-    """Raise a one-line ``CheckpointError`` when the models cannot be filled."""
-    dims = reference_dimensions(checkpoint_shapes)
-    if plan.mismatched:
-        name, ckpt_shape, model_shape = plan.mismatched[0]
-        raise CheckpointError(
-            f"{path}: {len(plan.mismatched)} variable(s) have another shape than in the models "
-            f"built from the config, e.g. {name}: checkpoint {list(ckpt_shape)}, model "
-            f"{list(model_shape)}. The checkpoint was trained with {_dims_text(dims)}; use a "
-            "config (--cfg) with these values.")
-    if plan.missing:
-        hint = ("the checkpoint holds another Stage-I network type (GAN.NETWORK_TYPE)"
-                if network_type is None else
-                f"set GAN.NETWORK_TYPE: {network_type} in the config")
-        raise CheckpointError(
-            f"{path}: {len(plan.missing)} model variable(s) are not in the checkpoint, e.g. "
-            f"{', '.join(plan.missing[:3])}; it was written by another network ({hint}).")
-
-
-@dataclasses.dataclass
-class LoadReport:
-    path: str
-    kind: str
-    stage: int
-    counter: int
-    filled: list
-    unused: list = dataclasses.field(default_factory=list)
-    not_needed: list = dataclasses.field(default_factory=list)
-    leftovers: dict = dataclasses.field(default_factory=dict)
-    optimizer_state: bool = False
-
-    def summary(self):
-        what = "reference" if self.kind == "reference" else "native"
-        counter = "" if self.counter is None else f", iteration {self.counter}"
-        lines = [f"Loaded {len(self.filled)} variables from {what} Stage-{'I' * self.stage} "
-                 f"checkpoint {self.path}{counter}."]
-        if self.unused:
-            lines.append(f"Checkpoint model variables not used ({len(self.unused)}): "
-                         f"{', '.join(self.unused)}")
-        if self.not_needed:
-            scopes = sorted({n.split('/', 1)[0] for n in self.not_needed})
-            lines.append(f"Not needed here: {len(self.not_needed)} variables of "
-                         f"{', '.join(scopes)}.")
-        if self.leftovers:
-            lines.append("Skipped training state: " + ", ".join(
-                f"{len(v)} {k}" for k, v in sorted(self.leftovers.items())) + ".")
-        if self.optimizer_state:
-            lines.append("Optimizer state (Adam slots, step counts) imported.")
-        return "\n".join(lines)
 
 
 # -- the generators ---------------------------------------------------------
@@ -363,33 +207,17 @@ def _check_network_type(info, config):
 def import_reference_variables(variables, info, scopes=None):
     """Fill ``{reference name: variable}`` from the reference checkpoint of
     ``info`` after checking the whole mapping; returns a ``LoadReport``."""
-    ckpt = ReferenceCheckpoint(info.path)
-    plan = plan_import({n: v.shape for n, v in variables.items()}, ckpt.shapes, scopes)
-    check_plan(plan, info.path, ckpt.shapes, info.network_type)
-    filled = ckpt.load(variables)
-    return LoadReport(info.path, info.kind, info.stage, info.counter, filled, plan.unused,
+    plan = ReferenceCheckpoint(info.path).load(variables, scopes, info.network_type)
+    return LoadReport(info.path, info.kind, info.stage, info.counter, plan.matched, plan.unused,
                       plan.not_needed, plan.leftovers)
 
 
 def restore_native_networks(networks, info):
     """Restore the named networks ({'generator': ..., ...}) from a native
     checkpoint, requiring every one of their variables."""
-    checkpoint = tf.train.Checkpoint(**networks)
-    variables = {n: v for net in networks.values() for n, v in net.reference_variables().items()}
-    tracked = {id(t) for t in tf.train.TrackableView(checkpoint).descendants()}
-    untracked = [n for n, v in variables.items()
-                 if id(v) not in tracked and id(getattr(v, "value", None)) not in tracked]
-    if untracked:  # a layer tf.train.Checkpoint cannot see: it would keep its initial values
-        raise RuntimeError(f"variables not tracked by tf.train.Checkpoint: {', '.join(untracked[:5])}")
-    try:
-        status = checkpoint.read(info.path)  # read: no save_counter (files from write() lack it)
-        status.expect_partial()  # the critics, optimizers and counters stay in the file
-        status.assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as exc:
-        raise CheckpointError(
-            f"{info.path}: does not fit the models built from the config ({one_line(exc)[:400]}). "
-            "Use the config the checkpoint was trained with.") from None
-    return LoadReport(info.path, info.kind, info.stage, info.counter, sorted(variables))
+    restore_objects(networks, info.path, partial=True)
+    variables = sorted(n for net in networks.values() for n in net.reference_variables())
+    return LoadReport(info.path, info.kind, info.stage, info.counter, variables)
 
 
 def load_generator(config, path, info=None):
@@ -435,12 +263,8 @@ def load_reference_trainer(config, path, optimizer_state=True):
     if info.stage == 2 and config.GAN.NETWORK_TYPE != "default":
         raise ConfigError("a Stage-II checkpoint needs GAN.NETWORK_TYPE 'default'.")
     gan = build_trainer(config, info.stage, info.embedding_dim)
-    variables = network_variables(gan)
-    plan = plan_import({n: v.shape for n, v in variables.items()}, info.shapes)
-    check_plan(plan, info.path, info.shapes, info.network_type)
-    imported = import_reference_checkpoint(gan, info.path, optimizer_state=optimizer_state)
-    report = LoadReport(info.path, info.kind, info.stage, info.counter, imported.filled,
-                        plan.unused, plan.not_needed, plan.leftovers, imported.optimizer_state)
+    report = import_reference_checkpoint(gan, info.path, optimizer_state=optimizer_state,
+                                         network_type=info.network_type)
     return gan, report, info
 
 

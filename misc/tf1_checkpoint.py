@@ -9,6 +9,8 @@ or V2 prefixes (``.index`` + ``.data-*``).  TensorFlow 2 reads both with
 check for every variable.
 """
 
+import collections
+import dataclasses
 import os
 import re
 
@@ -95,45 +97,41 @@ class ReferenceCheckpoint:
     def has_scope(self, scope):
         return any(n.startswith(scope + "/") for n in self.shapes)
 
-    def model_variable_names(self):
-        return {n for n in self.shapes if leftover_kind(n) is None}
-
     def tensor(self, name):
         return self.reader.get_tensor(name)
 
-    def check_shapes(self, variables):
-        """Raise naming every variable whose shape differs."""
-        bad = []
-        for name, var in variables.items():
-            if name in self.shapes and self.shapes[name] != tuple(var.shape):
-                bad.append(f"{name}: checkpoint {list(self.shapes[name])}, model {list(var.shape)}")
-        if bad:
-            raise CheckpointError(
-                f"{self.path}: {len(bad)} variable(s) have another shape than the model built "
-                "from this config (was the checkpoint trained with other GAN.*_DIM, Z_DIM or "
-                "embedding size?):\n  " + "\n  ".join(bad)
-            )
+    def plan(self, variables, scopes=None):
+        """How ``{reference name: variable}`` maps onto this checkpoint."""
+        return plan_import({n: v.shape for n, v in variables.items()}, self.shapes, scopes)
 
-    def load(self, variables, required=True):
-        """Copy checkpoint values into ``variables`` ({reference name: variable}).
-
-        Returns the names that were filled.  With ``required``, a model
-        variable missing from the checkpoint is an error naming it.
-        """
-        self.check_shapes(variables)
-        missing = sorted(n for n in variables if n not in self.shapes)
-        if missing and required:
+    def check(self, plan, network_type=None):
+        """Raise a one-line ``CheckpointError`` when the plan leaves a model
+        variable unfilled or finds one with another shape."""
+        if plan.mismatched:
+            name, ckpt_shape, model_shape = plan.mismatched[0]
             raise CheckpointError(
-                f"{self.path}: {len(missing)} model variable(s) are not in the checkpoint, "
-                f"e.g. {', '.join(missing[:5])}. The checkpoint is for another network "
-                "(GAN.NETWORK_TYPE, or a Stage-I checkpoint used where Stage-II is needed)."
-            )
-        filled = []
-        for name, var in variables.items():
-            if name in self.shapes:
-                var.assign(np.asarray(self.tensor(name), dtype=var.dtype))
-                filled.append(name)
-        return filled
+                f"{self.path}: {len(plan.mismatched)} variable(s) have another shape than in the "
+                f"models built from the config, e.g. {name}: checkpoint {list(ckpt_shape)}, model "
+                f"{list(model_shape)}. The checkpoint was trained with "
+                f"{describe_dimensions(reference_dimensions(self.shapes))}; use a config with these "
+                "values (and the dataset's text embeddings).")
+        if plan.missing:
+            hint = ("another network: GAN.NETWORK_TYPE, or a Stage-I checkpoint where Stage-II "
+                    "is needed" if network_type is None else
+                    f"another network: set GAN.NETWORK_TYPE: {network_type} in the config")
+            raise CheckpointError(
+                f"{self.path}: {len(plan.missing)} model variable(s) are not in the checkpoint, "
+                f"e.g. {', '.join(plan.missing[:3])}; it was written by {hint}.")
+
+    def load(self, variables, scopes=None, network_type=None):
+        """Copy checkpoint values into ``variables`` ({reference name: variable})
+        after checking the whole mapping; returns the ``ImportPlan``."""
+        plan = self.plan(variables, scopes)
+        self.check(plan, network_type)
+        for name in plan.matched:
+            var = variables[name]
+            var.assign(np.asarray(self.tensor(name), dtype=var.dtype))
+        return plan
 
     def load_adam_state(self, optimizer, variables, slot_names=("Adam", "Adam_1"),
                         power_suffix=""):
@@ -158,7 +156,75 @@ class ReferenceCheckpoint:
             optimizer.iterations.assign(max(steps, 0))
         return True
 
-    def unused_model_variables(self, used_names):
-        """Checkpoint model variables (not slots, counters or debias state)
-        that no model variable took."""
-        return sorted(self.model_variable_names() - set(used_names))
+
+@dataclasses.dataclass
+class ImportPlan:
+    """How the variables of the models at hand map onto a checkpoint's."""
+
+    matched: list     # names with the same shape in both
+    mismatched: list  # (name, checkpoint shape, model shape)
+    missing: list     # model variables the checkpoint lacks
+    unused: list      # checkpoint model variables of the built networks nothing takes
+    not_needed: list  # checkpoint model variables of networks not built (e.g. critics when sampling)
+    leftovers: dict   # kind -> names: optimizer slots, beta powers, global_step, zero-debias state
+
+    @property
+    def complete(self):
+        return not (self.mismatched or self.missing or self.unused)
+
+
+def plan_import(model_shapes, checkpoint_shapes, scopes=None):
+    """Match ``{reference name: shape}`` of the models against a checkpoint's
+    ``{name: shape}``.  ``scopes``: the network scopes built (default: those
+    of the model names); checkpoint variables of other networks are
+    ``not_needed``."""
+    model_shapes = {n: tuple(s) for n, s in model_shapes.items()}
+    checkpoint_shapes = {n: tuple(s) for n, s in checkpoint_shapes.items()}
+    scopes = set(scopes) if scopes is not None else {n.split("/", 1)[0] for n in model_shapes}
+    matched, mismatched, unused, not_needed = [], [], [], []
+    leftovers = collections.defaultdict(list)
+    for name, shape in sorted(checkpoint_shapes.items()):
+        if name in model_shapes:
+            if model_shapes[name] == shape:
+                matched.append(name)
+            else:
+                mismatched.append((name, shape, model_shapes[name]))
+            continue
+        kind = leftover_kind(name)
+        if kind is not None:
+            leftovers[kind].append(name)
+        elif name.split("/", 1)[0] in scopes:
+            unused.append(name)
+        else:
+            not_needed.append(name)
+    missing = sorted(set(model_shapes) - set(checkpoint_shapes))
+    return ImportPlan(matched, mismatched, missing, unused, not_needed, dict(leftovers))
+
+
+CA_MATRIX = "g_net/custom_fully_connected/Linear/Matrix"
+
+
+def reference_dimensions(shapes):
+    """The config values a reference checkpoint was trained with, as far as
+    its variables tell: {'Z_DIM': .., 'GAN.EMBEDDING_DIM': .., ...}."""
+    dims = {}
+    if CA_MATRIX in shapes:
+        ef = shapes[CA_MATRIX][1] // 2
+        dims["text embedding"] = shapes[CA_MATRIX][0]
+        fc1 = shapes.get("g_net/custom_fully_connected_1/Linear/Matrix")
+        if fc1:
+            dims["Z_DIM"] = fc1[0] - ef
+        dims["GAN.EMBEDDING_DIM"] = ef
+    for name, axis in (("g_net/custom_conv2d_9/custom_conv2d_9/w", 2),
+                       ("g_net/custom_deconv2d_3/custom_deconv2d_3/w", 3)):
+        if name in shapes:
+            dims["GAN.GF_DIM"] = shapes[name][axis]
+    for name in ("d_net/custom_conv2d/custom_conv2d/w", "hr_d_net/custom_conv2d/custom_conv2d/w"):
+        if name in shapes:
+            dims["GAN.DF_DIM"] = shapes[name][3]
+            break
+    return dims
+
+
+def describe_dimensions(dims):
+    return ", ".join(f"{k} {v}" for k, v in dims.items()) or "unknown dimensions"

@@ -75,19 +75,23 @@ def unpack_checkpoint(stage, form, dst_dir):
     return os.path.join(dst_dir, name)
 
 
-def read_manifest(filename, kinds=("model", "bn_moving_stat")):
-    """{name: shape} of the manifest rows of the given kinds."""
+def manifest_rows(filename):
+    """{name: (shape, kind)} of every manifest row; reads both layouts
+    (name, shape, dtype, trainable, kind, index) and the demo's (name, shape, kind)."""
     rows = {}
     with open(golden_path(filename)) as f:
         for line in f:
             if line.startswith("#") or not line.strip():
                 continue
             fields = line.rstrip("\n").split("\t")
-            name, shape = fields[0], fields[1]
-            kind = fields[4] if len(fields) == 6 else fields[2]  # the demo manifest has 3 columns
-            if kind in kinds:
-                rows[name] = tuple(int(d) for d in shape.strip("[]").split(",") if d)
+            kind = fields[4] if len(fields) == 6 else fields[2]
+            rows[fields[0]] = (tuple(int(d) for d in fields[1].strip("[]").split(",") if d), kind)
     return rows
+
+
+def read_manifest(filename, kinds=("model", "bn_moving_stat")):
+    """{name: shape} of the manifest rows of the given kinds."""
+    return {name: shape for name, (shape, kind) in manifest_rows(filename).items() if kind in kinds}
 
 
 def replay_ema(value, schedule, stats):

@@ -16,8 +16,8 @@ import yaml
 from golden_support import (
     TEXT_DIM,
     assert_close,
-    golden_path,
     load_arrays,
+    manifest_rows,
     tiny_config,
     unpack_checkpoint,
 )
@@ -31,9 +31,8 @@ from misc.sampling import (
     describe_checkpoint,
     load_generator,
     load_reference_trainer,
-    plan_import,
 )
-from misc.tf1_checkpoint import CheckpointError, leftover_kind
+from misc.tf1_checkpoint import CheckpointError, leftover_kind, plan_import
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 from stageII.model import build_stage_ii
@@ -42,21 +41,6 @@ from stageII.trainer import StageIIGAN
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_KINDS = ("model", "bn_moving_stat")
 FULL_TEXT_DIM = 1024  # char-CNN-RNN embeddings of the published models
-
-
-def manifest(filename):
-    """{name: (shape, kind)} of every row; reads both manifest layouts
-    (name, shape, dtype, trainable, kind, index) and the demo's (name, shape, kind)."""
-    rows = {}
-    with open(golden_path(filename)) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            fields = line.rstrip("\n").split("\t")
-            kind = fields[4] if len(fields) == 6 else fields[2]
-            shape = tuple(int(d) for d in fields[1].strip("[]").split(",") if d)
-            rows[fields[0]] = (shape, kind)
-    return rows
 
 
 def shapes_of(variables):
@@ -99,7 +83,7 @@ STAGE_II_LEFTOVERS = {"adam_slot": 358, "adam_beta_power": 10, "global_step": 1}
 
 @pytest.mark.parametrize("suffix", ["", "_tf012"])
 def test_full_size_stage_i_maps_one_to_one(full_size_shapes, suffix):
-    rows = manifest(f"manifest_stageI_default{suffix}.txt")
+    rows = manifest_rows(f"manifest_stageI_default{suffix}.txt")
     expected = dict(STAGE_I_LEFTOVERS, **({"bn_zero_debias": 68} if suffix else {}))
     assert len(full_size_shapes["stageI"]) == 59 + 34
     check_one_to_one(full_size_shapes["stageI"], rows, expected)
@@ -107,7 +91,7 @@ def test_full_size_stage_i_maps_one_to_one(full_size_shapes, suffix):
 
 @pytest.mark.parametrize("suffix", ["", "_tf012"])
 def test_full_size_stage_ii_maps_one_to_one(full_size_shapes, suffix):
-    rows = manifest(f"manifest_stageII_default{suffix}.txt")
+    rows = manifest_rows(f"manifest_stageII_default{suffix}.txt")
     expected = dict(STAGE_II_LEFTOVERS, **({"bn_zero_debias": 172} if suffix else {}))
     assert len(full_size_shapes["stageII"]) == 145 + 86
     check_one_to_one(full_size_shapes["stageII"], rows, expected)
@@ -116,9 +100,9 @@ def test_full_size_stage_ii_maps_one_to_one(full_size_shapes, suffix):
 def test_full_size_sampling_generators_map_one_to_one(full_size_shapes):
     """The generators the demo builds are exactly what the reference demo
     restored; in a training checkpoint the critics are 'not needed'."""
-    demo = manifest("manifest_demo_inference_default.txt")
+    demo = manifest_rows("manifest_demo_inference_default.txt")
     check_one_to_one(full_size_shapes["demo"], demo, {})
-    rows = manifest("manifest_stageII_default_tf012.txt")
+    rows = manifest_rows("manifest_stageII_default_tf012.txt")
     plan = plan_import(full_size_shapes["demo"], {n: s for n, (s, _) in rows.items()})
     assert plan.matched == sorted(demo) and not (plan.missing or plan.mismatched or plan.unused)
     critics = sorted(n for n, (_, k) in rows.items()
@@ -227,7 +211,7 @@ MANIFEST_TINY = {"stageI": "manifest_stageI_tiny.txt", "stageII": "manifest_stag
 @pytest.mark.parametrize("stage", ["stageI", "stageII"])
 def test_tiny_fixture_through_the_importer(tmp_path, stage, form):
     path = unpack_checkpoint(stage, form, str(tmp_path))
-    rows = manifest(MANIFEST_TINY[stage])
+    rows = manifest_rows(MANIFEST_TINY[stage])
     model_rows = sorted(n for n, (_, k) in rows.items() if k in MODEL_KINDS)
     if form == "v1":  # the V2 files hold the same tensors (golden README, section 7)
         gan, report, info = load_reference_trainer(tiny_config(), path)
