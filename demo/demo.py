@@ -2,7 +2,7 @@
 
     python demo/demo.py --cfg demo/cfg/birds-demo.yml [--gpu 0] [--caption_path FILE]
 
-The model is TEST.PRETRAINED_MODEL: one of the authors' published checkpoints
+The model is --checkpoint or TEST.PRETRAINED_MODEL: one of the authors' published checkpoints
 (``models/birds_model_164000.ckpt`` ...), a reference Stage-I
 ``model_<N>.ckpt``, or a checkpoint of this project (a ``model-<N>`` prefix
 or a directory of them).  A Stage-II checkpoint gives Stage-I and Stage-II
@@ -48,6 +48,7 @@ import os
 import pickle
 import re
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -80,6 +81,10 @@ def parse_args(argv=None):
         description="Generate StackGAN samples from captions (see the module docstring).")
     parser.add_argument("--cfg", dest="cfg_file", default=None, type=str,
                         help="YAML config (TEST.PRETRAINED_MODEL, TEST.NUM_COPY, GAN dims)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint to sample from (overrides TEST.PRETRAINED_MODEL): a "
+                             "reference .ckpt, a model-<N> prefix, or a run / log directory "
+                             "(its newest snapshot)")
     parser.add_argument("--gpu", dest="gpu_id", default=-1, type=int,
                         help="GPU device id (default: GPU_ID of the config; CPU without GPUs)")
     parser.add_argument("--caption_path", "--caption-path", dest="caption_path", default=None,
@@ -252,7 +257,15 @@ def save_arrays(path, captions, embeddings, noise, lr, hr, info):
     arrays.update(noise)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    np.savez(path, **arrays)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def main(argv=None):
@@ -262,11 +275,13 @@ def main(argv=None):
         config.GPU_ID = args.gpu_id
     if args.caption_path is not None:
         config.TEST.CAPTION_PATH = args.caption_path
+    if args.checkpoint is not None:
+        config.TEST.PRETRAINED_MODEL = args.checkpoint
     select_gpu(config.GPU_ID)
 
     if not config.TEST.PRETRAINED_MODEL:
-        raise CheckpointError("TEST.PRETRAINED_MODEL is empty: set it in the --cfg file to a "
-                              "checkpoint (a reference .ckpt or one written by this project).")
+        raise CheckpointError("no checkpoint: give --checkpoint or set TEST.PRETRAINED_MODEL in the "
+                              "--cfg file (a reference .ckpt or one written by this project).")
     info = describe_checkpoint(resolve_checkpoint_path(config.TEST.PRETRAINED_MODEL))
     captions, embeddings, out_dir = load_inputs(args, config, info, info.kind == "reference")
     num_copy = min(MAX_COPIES, int(config.TEST.NUM_COPY))

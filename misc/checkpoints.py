@@ -7,17 +7,27 @@ writes the data and index through temporary files and renames them, and
 updates the ``checkpoint`` state file only after a save completed, so an
 interrupted save never damages the previous snapshot.
 
-``PRETRAINED_MODEL`` may name a native checkpoint prefix, a directory of
-them (the newest is used), or a reference checkpoint (``*.ckpt``, see
-``misc.tf1_checkpoint``).
+``PRETRAINED_MODEL`` may name a native checkpoint prefix, a run directory
+(its newest snapshot), a log directory such as ``ckt_logs/shapes`` (the
+newest snapshot of its newest run), or a reference checkpoint (``*.ckpt``,
+see ``misc.tf1_checkpoint``).
 """
 
+import dataclasses
 import os
 
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from misc.tf1_checkpoint import CheckpointError, is_reference_checkpoint
+from misc.tf1_checkpoint import (
+    CA_MATRIX,
+    CheckpointError,
+    ReferenceCheckpoint,
+    counter_from_path,
+    is_reference_checkpoint,
+)
+
+SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -42,15 +52,28 @@ class Snapshotter:
         return self.manager.save(checkpoint_number=int(self.gan.counter.numpy()))
 
 
+def latest_in_directory(path):
+    """The newest snapshot of a run directory, or of the newest run below a
+    log directory (e.g. ``ckt_logs/shapes``)."""
+    latest = tf.train.latest_checkpoint(path)
+    if latest is not None:
+        return latest
+    runs = [os.path.join(root, d) for root, dirs, _ in os.walk(path) for d in dirs]
+    runs = [(os.path.getmtime(r), r) for r in runs if os.path.exists(os.path.join(r, "checkpoint"))]
+    for _, run in sorted(runs, reverse=True):
+        latest = tf.train.latest_checkpoint(run)
+        if latest is not None:
+            return latest
+    raise CheckpointError(f"{path}: no checkpoint in this directory or below it "
+                          "(no 'checkpoint' state file).")
+
+
 def resolve(path):
     """Classify ``path``: ('native', prefix) or ('reference', path)."""
     if not path:
         raise CheckpointError("no checkpoint given: set TRAIN.PRETRAINED_MODEL (or TEST.PRETRAINED_MODEL).")
     if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError(f"{path}: directory holds no checkpoint (no 'checkpoint' state file).")
-        return "native", latest
+        return "native", latest_in_directory(path)
     if os.path.exists(path + ".index") or os.path.exists(path):
         try:
             reader = tf.train.load_checkpoint(path)
@@ -135,21 +158,58 @@ def variable_key(graph, names):
     return None
 
 
-def native_parts(path):
-    """Names of the objects a native checkpoint holds at its top level
-    (``generator``, ``hr_generator``, ``g_optimizer``, ``counter``, ...).
+@dataclasses.dataclass
+class CheckpointInfo:
+    kind: str            # 'native' or 'reference'
+    path: str            # what TensorFlow opens (V1 file or V2 / native prefix)
+    stage: int           # 1 or 2
+    embedding_dim: int   # text-embedding size the generators take
+    network_type: str    # Stage-I network: 'default' or 'simple'
+    counter: int         # training iteration it was saved at (None if unknown)
+    shapes: dict = dataclasses.field(default_factory=dict, repr=False)  # reference only
 
-    Variable keys cannot tell: each variable is stored under the first path
-    that reaches it, often through an optimizer."""
-    return {child.local_name for child in object_graph(path).nodes[0].children}
+
+def describe_checkpoint(path):
+    """Open ``path`` (see ``misc.checkpoints.resolve``) and return its
+    ``CheckpointInfo``; one-line ``CheckpointError`` for anything that is not
+    a StackGAN checkpoint."""
+    kind, path = resolve(path)
+    if kind == "reference":
+        ckpt = ReferenceCheckpoint(path)
+        shapes = ckpt.shapes
+        if CA_MATRIX not in shapes:
+            raise CheckpointError(
+                f"{path}: not a StackGAN generator checkpoint: it has no {CA_MATRIX} "
+                "(the text-conditioning layer every StackGAN generator starts with).")
+        stage = 2 if ckpt.has_scope("hr_g_net") else 1
+        network_type = "simple" if SIMPLE_MARKER in shapes else "default"
+        return CheckpointInfo(kind, path, stage, int(shapes[CA_MATRIX][0]), network_type,
+                              counter_from_path(path), shapes)
+    graph = object_graph(path)
+    parts = {c.local_name for c in graph.nodes[0].children}
+    key = variable_key(graph, ("generator", "ca", "fc", "matrix"))
+    if "generator" not in parts or key is None:
+        raise CheckpointError(
+            f"{path}: a TensorFlow object-based checkpoint, but not a StackGAN one (it holds "
+            f"{', '.join(sorted(parts)) or 'nothing'}, no 'generator' network). Point "
+            "TEST.PRETRAINED_MODEL at a model-<N> prefix written by this project or at a "
+            "reference .ckpt file.")
+    reader = tf.train.load_checkpoint(path)
+    embedding_dim = int(reader.get_variable_to_shape_map()[key][0])
+    simple = graph_node(graph, ("generator", "image_generator", "stack")) is not None
+    counter_key = variable_key(graph, ("counter",))
+    counter = int(reader.get_tensor(counter_key)) if counter_key else None
+    stage = 2 if "hr_generator" in parts else 1
+    return CheckpointInfo(kind, path, stage, embedding_dim, "simple" if simple else "default", counter)
 
 
-def checkpoint_stage(kind, path):
-    """1 for a Stage-I checkpoint, 2 for a Stage-II one (ours or reference)."""
-    if kind == "native":
-        return 2 if "hr_generator" in native_parts(path) else 1
-    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    return 2 if any(n.startswith("hr_g_net/") for n in names) else 1
+def check_embedding_dim(info, embedding_dim, source):
+    """The dataset's text embeddings must have the size the model takes."""
+    if info.embedding_dim != embedding_dim:
+        raise CheckpointError(
+            f"{info.path}: the model takes {info.embedding_dim}-d text embeddings but {source} "
+            f"holds {embedding_dim}-d ones; use the embeddings it was trained with "
+            "(EMBEDDING_TYPE / DATASET_NAME) or train a new model.")
 
 
 def copy_trainable_weights(source, target):

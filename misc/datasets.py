@@ -179,6 +179,9 @@ class TextDataset:
         self.train = None
         self.test = None
 
+    def embedding_path(self, split="train"):
+        return os.path.join(self.workdir, split, self.embedding_filename)
+
     def get_data(self, split_dir, name=None):
         """Load and validate one split directory."""
         if not os.path.isdir(split_dir):

@@ -36,14 +36,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from misc.checkpoints import graph_node, object_graph, resolve, restore_objects, variable_key
+from misc.checkpoints import CheckpointInfo, describe_checkpoint, restore_objects
 from misc.config import ConfigError
 from misc.datasets import DatasetError
 from misc.reference_import import LoadReport, import_reference_checkpoint
-from misc.tf1_checkpoint import CA_MATRIX, CheckpointError, ReferenceCheckpoint, counter_from_path
+from misc.tf1_checkpoint import CA_MATRIX, CheckpointError, ReferenceCheckpoint
 from stageI.model import NETWORK_TYPES, StageIGenerator
 
-SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
 HR_LR_RATIO = 4
 MAX_COPIES = 16  # the reference demo draws at most 16 samples per caption
 TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviations
@@ -54,51 +53,6 @@ class InputError(DatasetError):
 
 
 # -- what a checkpoint holds -------------------------------------------------
-
-@dataclasses.dataclass
-class CheckpointInfo:
-    kind: str            # 'native' or 'reference'
-    path: str            # what TensorFlow opens (V1 file or V2 / native prefix)
-    stage: int           # 1 or 2
-    embedding_dim: int   # text-embedding size the generators take
-    network_type: str    # Stage-I network: 'default' or 'simple'
-    counter: int         # training iteration it was saved at (None if unknown)
-    shapes: dict = dataclasses.field(default_factory=dict, repr=False)  # reference only
-
-
-def describe_checkpoint(path):
-    """Open ``path`` (see ``misc.checkpoints.resolve``) and return its
-    ``CheckpointInfo``; one-line ``CheckpointError`` for anything that is not
-    a StackGAN checkpoint."""
-    kind, path = resolve(path)
-    if kind == "reference":
-        ckpt = ReferenceCheckpoint(path)
-        shapes = ckpt.shapes
-        if CA_MATRIX not in shapes:
-            raise CheckpointError(
-                f"{path}: not a StackGAN generator checkpoint: it has no {CA_MATRIX} "
-                "(the text-conditioning layer every StackGAN generator starts with).")
-        stage = 2 if ckpt.has_scope("hr_g_net") else 1
-        network_type = "simple" if SIMPLE_MARKER in shapes else "default"
-        return CheckpointInfo(kind, path, stage, int(shapes[CA_MATRIX][0]), network_type,
-                              counter_from_path(path), shapes)
-    graph = object_graph(path)
-    parts = {c.local_name for c in graph.nodes[0].children}
-    key = variable_key(graph, ("generator", "ca", "fc", "matrix"))
-    if "generator" not in parts or key is None:
-        raise CheckpointError(
-            f"{path}: a TensorFlow object-based checkpoint, but not a StackGAN one (it holds "
-            f"{', '.join(sorted(parts)) or 'nothing'}, no 'generator' network). Point "
-            "TEST.PRETRAINED_MODEL at a model-<N> prefix written by this project or at a "
-            "reference .ckpt file.")
-    reader = tf.train.load_checkpoint(path)
-    embedding_dim = int(reader.get_variable_to_shape_map()[key][0])
-    simple = graph_node(graph, ("generator", "image_generator", "stack")) is not None
-    counter_key = variable_key(graph, ("counter",))
-    counter = int(reader.get_tensor(counter_key)) if counter_key else None
-    stage = 2 if "hr_generator" in parts else 1
-    return CheckpointInfo(kind, path, stage, embedding_dim, "simple" if simple else "default", counter)
-
 
 # -- the generators ---------------------------------------------------------
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from misc import experiment  # noqa: E402
-from misc.checkpoints import resolve, restore_native  # noqa: E402
+from misc.checkpoints import check_embedding_dim, describe_checkpoint, restore_native  # noqa: E402
 from misc.datasets import load_dataset  # noqa: E402
 from misc.gan_trainer import learning_rate_for_epoch  # noqa: E402
 from misc.image_utils import save_image, superimage, to_uint8, write_text  # noqa: E402
@@ -32,15 +32,20 @@ def build_gan(config, embedding_dim, strategy):
         return StageIGAN.from_config_tree(config, generator, discriminator)
 
 
-def restore(gan, path):
+def restore(gan, path, dataset, split="train"):
     """Load TRAIN.PRETRAINED_MODEL (ours or a reference checkpoint)."""
-    kind, path = resolve(path)
-    print(f"Reading model parameters from {path}")
-    if kind == "native":
-        restore_native(gan, path)
+    info = describe_checkpoint(path)
+    check_embedding_dim(info, dataset.embedding_shape[0], dataset.embedding_path(split))
+    if info.stage != 1:
+        raise CheckpointError(f"{info.path}: a Stage-II checkpoint; Stage-I training resumes "
+                              "Stage-I checkpoints (sample it with demo/demo.py or evaluate it "
+                              "with stageII/run_exp.py).")
+    print(f"Reading model parameters from {info.path}")
+    if info.kind == "native":
+        restore_native(gan, info.path)
     else:
-        print(import_reference_checkpoint(gan, path).summary())
-    return path
+        print(import_reference_checkpoint(gan, info.path, network_type=info.network_type).summary())
+    return info.path
 
 
 def learning_rates(config):
@@ -124,7 +129,7 @@ def main(argv=None):
         dataset = load_dataset(config, hr_lr_ratio=1)
         gan = build_gan(config, dataset.embedding_shape[0], strategy)
         if config.TRAIN.PRETRAINED_MODEL:
-            restore(gan, config.TRAIN.PRETRAINED_MODEL)
+            restore(gan, config.TRAIN.PRETRAINED_MODEL, dataset)
         else:
             print("Created model with fresh parameters.")
         log_dir = experiment.new_log_dir(config)
@@ -136,7 +141,7 @@ def main(argv=None):
                                   "is empty: set it to the checkpoint to evaluate.")
         dataset = load_dataset(config, hr_lr_ratio=1, splits=("test",))
         gan = build_gan(config, dataset.embedding_shape[0], strategy)
-        path = restore(gan, config.TRAIN.PRETRAINED_MODEL)
+        path = restore(gan, config.TRAIN.PRETRAINED_MODEL, dataset, "test")
         out_dir = evaluate(gan, dataset.test, path, config)
         print(f"Evaluation samples written to {out_dir}")
 

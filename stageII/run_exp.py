@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from misc import experiment  # noqa: E402
-from misc.checkpoints import checkpoint_stage, copy_trainable_weights, resolve, restore_native  # noqa: E402
+from misc.checkpoints import check_embedding_dim, copy_trainable_weights, describe_checkpoint, restore_native  # noqa: E402
 from misc.datasets import load_dataset  # noqa: E402
 from misc.gan_trainer import learning_rate_for_epoch  # noqa: E402
 from misc.image_utils import save_image, superimage, to_uint8, write_text  # noqa: E402
@@ -37,29 +37,30 @@ def build_gan(config, embedding_dim, strategy):
         return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim))
 
 
-def restore(gan, path, config, embedding_dim):
+def restore(gan, path, config, dataset, split="train"):
     """Load TRAIN.PRETRAINED_MODEL: a Stage-II checkpoint resumes everything;
     a Stage-I checkpoint initialises the Stage-I networks' trainable weights
-    and the counter."""
-    kind, path = resolve(path)
-    stage = checkpoint_stage(kind, path)
-    print(f"Reading model parameters from {path} (Stage-{'I' * stage} checkpoint)")
-    if stage == 2:
-        if kind == "native":
-            restore_native(gan, path)
+    and the counter.  Returns (checkpoint path, its stage)."""
+    info = describe_checkpoint(path)
+    embedding_dim = dataset.embedding_shape[0]
+    check_embedding_dim(info, embedding_dim, dataset.embedding_path(split))
+    print(f"Reading model parameters from {info.path} (Stage-{'I' * info.stage} checkpoint)")
+    if info.stage == 2:
+        if info.kind == "native":
+            restore_native(gan, info.path)
         else:
-            print(import_reference_checkpoint(gan, path).summary())
-    elif kind == "native":
+            print(import_reference_checkpoint(gan, info.path).summary())
+    elif info.kind == "native":
         stage_i = StageIGAN(*build_stage_i(config, embedding_dim))
-        restore_native(stage_i, path, parts=("generator", "discriminator", "counter"))
+        restore_native(stage_i, info.path, parts=("generator", "discriminator", "counter"))
         copy_trainable_weights(stage_i.generator, gan.generator)
         copy_trainable_weights(stage_i.discriminator, gan.discriminator)
         gan.counter.assign(stage_i.counter)
     else:
-        report = import_reference_checkpoint(gan, path, trainable_only=True,
-                                             scopes=("g_net", "d_net"), optimizer_state=False)
+        report = import_reference_checkpoint(gan, info.path, trainable_only=True, scopes=("g_net", "d_net"),
+                                             optimizer_state=False, network_type=info.network_type)
         print(report.summary())
-    return path, stage
+    return info.path, info.stage
 
 
 def learning_rates(config):
@@ -134,7 +135,7 @@ def main(argv=None):
         embedding_dim = dataset.embedding_shape[0]
         gan = build_gan(config, embedding_dim, strategy)
         if pretrained:
-            restore(gan, pretrained, config, embedding_dim)
+            restore(gan, pretrained, config, dataset)
         else:
             print("Created model with fresh parameters. Warning: TRAIN.PRETRAINED_MODEL is empty, "
                   "so Stage-II trains on an untrained (and frozen, unless TRAIN.FINETUNE_LR) "
@@ -149,7 +150,7 @@ def main(argv=None):
         dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",))
         embedding_dim = dataset.embedding_shape[0]
         gan = build_gan(config, embedding_dim, strategy)
-        path, stage = restore(gan, pretrained, config, embedding_dim)
+        path, stage = restore(gan, pretrained, config, dataset, "test")
         if stage != 2:
             raise CheckpointError(f"{path}: a Stage-I checkpoint; Stage-II evaluation needs a "
                                   "Stage-II checkpoint (evaluate Stage-I with stageI/run_exp.py).")

@@ -22,7 +22,7 @@ from golden_support import (
     unpack_checkpoint,
 )
 from misc import convert_checkpoint
-from misc.checkpoints import checkpoint_stage, resolve, restore_native, training_checkpoint
+from misc.checkpoints import describe_checkpoint, resolve, restore_native, training_checkpoint
 from misc.config import default_config, load_config
 from misc.reference_import import import_reference_checkpoint
 from misc.sampling import (
@@ -287,7 +287,7 @@ def test_conversion_of_the_stage_ii_fixture(tmp_path):
     # the native checkpoint: what run_exp accepts as TRAIN.PRETRAINED_MODEL
     kind, prefix = resolve(out_dir)
     assert (kind, prefix) == ("native", result["native"]) and prefix.endswith("model-200")
-    assert checkpoint_stage(kind, prefix) == 2
+    assert describe_checkpoint(prefix).stage == 2
     config = tiny_config()
     gan = StageIIGAN.from_config_tree(config, *build_stage_ii(config, TEXT_DIM))
     restore_native(gan, prefix)

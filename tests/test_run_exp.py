@@ -15,6 +15,7 @@ from golden_support import tiny_config, unpack_checkpoint
 from misc import callbacks as callbacks_module
 from misc import experiment, safe_pickle
 from misc.checkpoints import restore_native
+from misc.datasets import load_dataset
 from stageI import run_exp as stage_i
 from stageII import run_exp as stage_ii
 from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
@@ -53,9 +54,10 @@ def epoch_lines(text):
 
 
 def test_stage_i_trains_and_writes_snapshots_summaries_and_images(workdir, capsys):
-    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 2})
-    for n in (3, 6):  # 12 images / batch 4 = 3 iterations per epoch; SNAPSHOT_INTERVAL 3
-        assert os.path.exists(os.path.join(log_dir, f"model-{n}.index"))
+    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 4})
+    # 12 images / batch 4 = 3 iterations per epoch: a snapshot at 4, and the final state
+    snapshots = sorted(os.path.basename(p)[:-len(".index")] for p in glob.glob(os.path.join(log_dir, "*.index")))
+    assert snapshots == ["model-4", "model-6"]
     tags = summary_values(log_dir)
     for tag in ("d_loss", "d_loss_real", "d_loss_wrong", "d_loss_fake", "g_loss", "g_loss_kl_loss",
                 "d_learning_rate", "g_learning_rate"):
@@ -146,7 +148,7 @@ def test_bad_input_gives_a_one_line_error(workdir, capsys, case):
             path = os.path.join("data", "tiny", split, "char-CNN-RNN-embeddings.pickle")
             safe_pickle.dump(safe_pickle.load(path)[..., :16], path)
         overrides["TRAIN.PRETRAINED_MODEL"] = os.path.join(log_dir, "model-3")
-        expect = "does not fit"
+        expect = "takes 24-d text embeddings but data/tiny/train/char-CNN-RNN-embeddings.pickle holds 16-d"
     else:
         overrides["TRAIN.FLAG"] = False
         expect = "TRAIN.PRETRAINED_MODEL"
@@ -220,7 +222,7 @@ def test_stage_ii_starts_from_stage_i_trains_resumes_and_evaluates(workdir, caps
         **STAGE_II, **{"TRAIN.PRETRAINED_MODEL": start})))
     # Stage-I trainable weights and the counter come over, not the BN statistics.
     gan = stage_ii.build_gan(config, 24, tf.distribute.get_strategy())
-    stage_ii.restore(gan, start, config, 24)
+    stage_ii.restore(gan, start, config, load_dataset(config, 4, splits=("train",)))
     first = stage_i.build_gan(config, 24, tf.distribute.get_strategy())
     restore_native(first, start)
     assert int(gan.counter.numpy()) == 3
@@ -257,9 +259,11 @@ def test_stage_ii_starts_from_stage_i_trains_resumes_and_evaluates(workdir, caps
 
 def test_stage_ii_starts_from_a_reference_stage_i_checkpoint(workdir, tmp_path):
     checkpoint = unpack_checkpoint("stageI", "v1", str(tmp_path / "ref"))
+    write_tiny_dataset("data", name="tiny32", embedding_dim=32, stage_ii=True)
     config = tiny_config()
+    config.DATASET_NAME = "tiny32"
     gan = stage_ii.build_gan(config, 32, tf.distribute.get_strategy())
-    path, stage = stage_ii.restore(gan, checkpoint, config, 32)
+    path, stage = stage_ii.restore(gan, checkpoint, config, load_dataset(config, 4, splits=("train",)))
     assert stage == 1 and int(gan.counter.numpy()) == 100  # from model_100.ckpt
     reader = tf.train.load_checkpoint(checkpoint)
     for net in (gan.generator, gan.discriminator):

@@ -1,0 +1,71 @@
+"""The caption-consistency evaluator of the shapes dataset."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data.generate_shapes import generate
+from misc.checkpoints import training_checkpoint
+from misc.config import load_config
+from misc.datasets import load_dataset
+from misc.evaluate_shapes import caption_attributes, consistency, format_table, main
+from misc.shapes_attributes import measure
+from stageI.run_exp import build_gan
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate(str(root / "shapes"), num_train=30, num_test=40, seed=3, hr=False, log=lambda *a: None)
+    config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "stageI", "cfg", "shapes.yml"))
+    config.DATA_DIR = str(root)
+    config.TRAIN.BATCH_SIZE = 8
+    return config
+
+
+def test_captions_state_what_the_pictures_show(shapes):
+    test = load_dataset(shapes, 1, splits=("test",)).test
+    with open(os.path.join(shapes.DATA_DIR, "shapes", "test", "attributes.json")) as f:
+        truth = json.load(f)
+    stated_counts = {}
+    for index, attributes in enumerate(truth):
+        for caption in test.captions(index):
+            stated = caption_attributes(caption)
+            assert {"shape", "color"} <= set(stated), caption
+            for key, value in stated.items():
+                assert value == attributes[key], caption
+                stated_counts[key] = stated_counts.get(key, 0) + 1
+    assert stated_counts["size"] > 200 and stated_counts["background"] > 200  # of 400 captions
+
+
+def test_real_images_score_near_100_and_noise_near_chance(shapes):
+    test = load_dataset(shapes, 1, splits=("test",)).test
+    ids = np.arange(test.num_examples)
+    stated = [caption_attributes(c) for i in ids for c in test.captions(i)[:3]]
+    real = measure(np.repeat(test.center_crops(ids), 3, axis=0))
+    for attribute, (accuracy, count) in consistency(real, stated).items():
+        assert count > 0 and accuracy >= 0.95, attribute
+    noise = np.random.default_rng(0).integers(0, 256, (120, 64, 64, 3), dtype=np.uint8)
+    chance = {"shape": 1 / 5, "color": 1 / 6, "background": 1 / 4, "size": 1 / 3}
+    for attribute, (accuracy, _) in consistency(measure(noise), stated).items():
+        assert accuracy < chance[attribute] + 0.2, attribute
+
+
+def test_command_on_a_checkpoint(shapes, tmp_path, capsys):
+    gan = build_gan(shapes, 1024, tf.distribute.get_strategy())
+    prefix = training_checkpoint(gan).write(str(tmp_path / "model-0"))
+    config_path = tmp_path / "shapes.yml"
+    config_path.write_text(f"DATASET_NAME: 'shapes'\nDATA_DIR: '{shapes.DATA_DIR}'\nZ_DIM: 16\n"
+                           "GAN:\n  EMBEDDING_DIM: 32\n  DF_DIM: 16\n  GF_DIM: 32\n")
+    result = main(["--cfg", str(config_path), "--checkpoint", prefix, "--num", "10", "--copies", "2",
+                   "--json", str(tmp_path / "out.json")])
+    assert result["captions"] == 10 and result["stage"] == 1
+    assert set(result["scores"]) == {"Stage-I samples", "real test images", "uniform noise"}
+    assert result["scores"]["real test images"]["color"][0] == 1.0
+    assert result["scores"]["Stage-I samples"]["color"][1] == 20  # every sample's caption names it
+    assert json.load(open(tmp_path / "out.json"))["copies"] == 2
+    table = capsys.readouterr().out
+    assert "chance" in table and "real test images" in table and format_table(result) in table
