@@ -41,7 +41,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,6 +50,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from misc import safe_pickle  # noqa: E402
+from misc.atomic import write_text  # noqa: E402
 from misc.preprocessing import LOAD_SIZE, LR_SIZE, make_low_resolution, prepare_image  # noqa: E402
 from misc.text_encoder import encode_captions  # noqa: E402
 
@@ -215,20 +215,6 @@ def make_images(attrs, size_jitter=1.0, offset_jitter=(0.0, 0.0)):
     return hr, make_low_resolution(hr, LR_SIZE)
 
 
-def _write_text_atomically(text, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_split(out_dir, split, first_index, count, rng, hr):
     split_dir = os.path.join(out_dir, split)
     attributes = sample_attributes(rng, count)
@@ -238,8 +224,8 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
         filename = f"{attrs['color']}_{attrs['shape']}/shapes_{first_index + offset:06d}"
         captions = make_captions(attrs, rng)
         # Captions go to disk first; the pickles that list them come after.
-        _write_text_atomically("\n".join(captions) + "\n",
-                               os.path.join(out_dir, "text_c10", filename + ".txt"))
+        write_text("\n".join(captions) + "\n",
+                   os.path.join(out_dir, "text_c10", filename + ".txt"))
         filenames.append(filename)
         all_captions.extend(captions)
 
@@ -258,8 +244,8 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
     safe_pickle.dump(embeddings, os.path.join(split_dir, "char-CNN-RNN-embeddings.pickle"))
     safe_pickle.dump([class_id(a["shape"], a["color"]) for a in attributes],
                      os.path.join(split_dir, "class_info.pickle"))
-    _write_text_atomically("[\n" + ",\n".join(json.dumps(a) for a in attributes) + "\n]\n",
-                           os.path.join(split_dir, "attributes.json"))
+    write_text("[\n" + ",\n".join(json.dumps(a) for a in attributes) + "\n]\n",
+               os.path.join(split_dir, "attributes.json"))
     safe_pickle.dump(filenames, os.path.join(split_dir, "filenames.pickle"))
     return {"count": count, "embeddings": embeddings.shape}
 

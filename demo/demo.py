@@ -48,7 +48,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,6 +56,7 @@ import numpy as np  # noqa: E402
 
 from misc import experiment, safe_pickle, torch7  # noqa: E402
 from misc.config import ConfigError, load_config  # noqa: E402
+from misc.atomic import atomic_open  # noqa: E402
 from misc.image_utils import save_image  # noqa: E402
 from misc.sampling import (  # noqa: E402
     CA_MATRIX,
@@ -255,17 +255,8 @@ def save_arrays(path, captions, embeddings, noise, lr, hr, info):
     if hr is not None:
         arrays["hr_fake_images"] = hr
     arrays.update(noise)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:  # a crash never leaves a half-written file
+        np.savez(f, **arrays)
 
 
 def main(argv=None):

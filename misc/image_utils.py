@@ -2,11 +2,12 @@
 range and files on disk."""
 
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from misc.atomic import atomic_open, write_text  # noqa: F401 (write_text: re-exported)
 
 
 def normalize_images(images):
@@ -27,29 +28,10 @@ def save_image(array, path, quality=95):
     """Write a uint8 HxWx3 array (or a PIL image) atomically; the format
     follows the extension."""
     image = array if isinstance(array, Image.Image) else Image.fromarray(np.asarray(array))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        kwargs = {"quality": quality} if suffix.lower() in (".jpg", ".jpeg") else {}
-        image.save(tmp, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(text, path):
-    """Write a text file atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".txt", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    extension = os.path.splitext(path)[1].lower()
+    options = {"quality": quality} if extension in (".jpg", ".jpeg") else {}
+    with atomic_open(path, "wb") as f:
+        image.save(f, format=Image.registered_extensions().get(extension, "PNG"), **options)
 
 
 def resize(array, size, resample=Image.BICUBIC):

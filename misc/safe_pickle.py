@@ -13,12 +13,12 @@ arrays and what turns Python 2 ``str`` filenames into ``str``.
 """
 
 import io
-import os
 import pickle
 import struct
-import tempfile
 
 import numpy as np
+
+from misc.atomic import atomic_open
 
 # Globals a numpy/py-container pickle may reference, keyed by (module, name).
 _ALLOWED_GLOBALS = {
@@ -123,21 +123,10 @@ class _Python2Pickler(pickle._Pickler):
 
 
 def dump(obj, path):
-    """Write ``obj`` to ``path`` atomically (temporary file, then rename),
-    as a protocol-2 pickle that the original Python 2 code can read."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pickle", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _Python2Pickler(f, protocol=2).dump(obj)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` to ``path`` atomically, as a protocol-2 pickle that the
+    original Python 2 code can read."""
+    with atomic_open(path, "wb") as f:
+        _Python2Pickler(f, protocol=2).dump(obj)
 
 
 def as_array(obj, path, dtype=None):
