@@ -8,6 +8,7 @@ import os
 import pprint
 import sys
 
+import keras
 import tensorflow as tf
 
 from misc.callbacks import (
@@ -39,9 +40,12 @@ def parse_args(description, argv=None):
 
 
 def load_run_config(args):
+    """The config of a run; also seeds the initial weights with SEED (data
+    order and noise are seeded from it too), so a run is repeatable."""
     config = load_config(args.cfg_file)
     if args.gpu is not None:
         config.GPU_ID = parse_gpu_ids(args.gpu)[0]
+    keras.utils.set_random_seed(config.SEED)
     return config
 
 
