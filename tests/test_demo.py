@@ -235,7 +235,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, native_stage_i, stage_i
     checkpoints = [
         (write_config(str(tmp_path / "junk.yml"), str(junk)), [str(junk), "not a TensorFlow checkpoint"]),
         (write_config(str(tmp_path / "other.yml"), other), [other, "not a StackGAN"]),
-        (write_config(str(tmp_path / "empty.yml"), ""), ["TEST.PRETRAINED_MODEL is empty"]),
+        (write_config(str(tmp_path / "empty.yml"), ""), ["no checkpoint: give --checkpoint"]),
         (write_config(str(tmp_path / "wide.yml"), ref, gf_dim=32),
          [ref, "g_net/conv_batch_norm/conv_batch_norm/beta: checkpoint [32], model [64]", "GAN.GF_DIM 16"]),
     ]

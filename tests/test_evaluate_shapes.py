@@ -58,8 +58,11 @@ def test_command_on_a_checkpoint(shapes, tmp_path, capsys):
     gan = build_gan(shapes, 1024, tf.distribute.get_strategy())
     prefix = training_checkpoint(gan).write(str(tmp_path / "model-0"))
     config_path = tmp_path / "shapes.yml"
-    config_path.write_text(f"DATASET_NAME: 'shapes'\nDATA_DIR: '{shapes.DATA_DIR}'\nZ_DIM: 16\n"
-                           "GAN:\n  EMBEDDING_DIM: 32\n  DF_DIM: 16\n  GF_DIM: 32\n")
+    gan_dims = shapes.GAN
+    config_path.write_text(
+        f"DATASET_NAME: 'shapes'\nDATA_DIR: '{shapes.DATA_DIR}'\nZ_DIM: {shapes.Z_DIM}\n"
+        f"GAN:\n  EMBEDDING_DIM: {gan_dims.EMBEDDING_DIM}\n  DF_DIM: {gan_dims.DF_DIM}\n"
+        f"  GF_DIM: {gan_dims.GF_DIM}\n")
     result = main(["--cfg", str(config_path), "--checkpoint", prefix, "--num", "10", "--copies", "2",
                    "--json", str(tmp_path / "out.json")])
     assert result["captions"] == 10 and result["stage"] == 1
