@@ -20,8 +20,6 @@ Reference semantics reproduced here (see ../shared/golden/README.md, Q3-Q10):
   * leaky ReLU is ``max(x, 0.2 x)``.
 """
 
-import contextlib
-
 import keras
 import tensorflow as tf
 
@@ -146,21 +144,10 @@ class Dense(ReferenceLayer):
         return {f"{self.name}/Linear/Matrix": self.matrix, f"{self.name}/Linear/bias": self.bias}
 
 
-# -- batch statistics recording (for numerical comparison with the reference) --
-
-_STAT_RECORDERS = []
-
-
-@contextlib.contextmanager
-def record_batch_statistics():
-    """Collect ``(layer, mean, variance)`` of every training-mode batch-norm
-    call made inside the block, in call order (eager execution only)."""
-    records = []
-    _STAT_RECORDERS.append(records)
-    try:
-        yield records
-    finally:
-        _STAT_RECORDERS.remove(records)
+def accumulation_dtype(dtype):
+    """The dtype of statistics and losses: float32, or float64 for float64
+    computations (the tests' exact evaluation)."""
+    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
 
 
 def _replica_sum(values):
@@ -205,14 +192,9 @@ class BatchNorm(ReferenceLayer):
         )
         self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
 
-    @staticmethod
-    def statistics_dtype(x):
-        """Statistics in float32 (float64 for float64 input: verification)."""
-        return tf.float64 if x.dtype == tf.float64 else tf.float32
-
     def batch_moments(self, x):
         """Single-pass moments over all axes but the last, across replicas."""
-        dtype = self.statistics_dtype(x)
+        dtype = accumulation_dtype(x.dtype)
         x = tf.cast(x, dtype)
         axes = list(range(x.shape.rank - 1))
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), dtype)
@@ -235,11 +217,9 @@ class BatchNorm(ReferenceLayer):
         if training:
             mean, variance = self.batch_moments(x)
             self.update_moving_statistics(mean, variance)
-            if _STAT_RECORDERS and tf.executing_eagerly():
-                _STAT_RECORDERS[-1].append((self, mean, variance))
         else:
             mean, variance = self.moving_mean, self.moving_variance
-        dtype = self.statistics_dtype(x)
+        dtype = accumulation_dtype(x.dtype)
         y = tf.nn.batch_normalization(
             tf.cast(x, dtype), tf.cast(mean, dtype), tf.cast(variance, dtype),
             tf.cast(self.beta, dtype), tf.cast(self.gamma, dtype), self.epsilon)

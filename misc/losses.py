@@ -9,6 +9,7 @@ exactly the single-device value.
 import tensorflow as tf
 
 from misc.conditioning import kl_divergence_terms
+from misc.layers import accumulation_dtype
 
 
 def num_replicas():
@@ -20,8 +21,9 @@ def num_replicas():
 
 def global_mean(values):
     """This replica's share of the mean of ``values`` over the global batch."""
-    values = tf.cast(values, tf.float32)
-    count = tf.cast(tf.size(values), tf.float32) * num_replicas()
+    dtype = accumulation_dtype(values.dtype)
+    values = tf.cast(values, dtype)
+    count = tf.cast(tf.size(values) * num_replicas(), dtype)
     return tf.reduce_sum(values) / count
 
 
@@ -34,13 +36,14 @@ def replica_total(values):
 
 
 def sigmoid_cross_entropy(logits, label):
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.fill(tf.shape(logits), tf.constant(label, tf.float32))
+    logits = tf.cast(logits, accumulation_dtype(logits.dtype))
+    labels = tf.fill(tf.shape(logits), tf.constant(label, logits.dtype))
     return global_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
 def kl_loss(mean, log_sigma):
-    return global_mean(kl_divergence_terms(tf.cast(mean, tf.float32), tf.cast(log_sigma, tf.float32)))
+    dtype = accumulation_dtype(mean.dtype)
+    return global_mean(kl_divergence_terms(tf.cast(mean, dtype), tf.cast(log_sigma, dtype)))
 
 
 def discriminator_losses(real_logit, wrong_logit, fake_logit, use_wrong=True):
