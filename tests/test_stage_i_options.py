@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from golden_support import TEXT_DIM, tiny_config
+from golden_support import TEXT_DIM, recorded_batch_statistics, tiny_config
 from misc.conditioning import kl_divergence_terms
 from misc.input_pipeline import noise_for_step
-from misc.layers import BatchNorm, record_batch_statistics
+from misc.layers import BatchNorm
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 
@@ -69,7 +69,7 @@ def test_without_conditioning_augmentation_c_is_the_mean_and_there_is_no_kl():
 def test_without_wrong_images_the_loss_is_real_plus_fake_and_wrong_is_never_run():
     gan = make_gan(**{"TRAIN.B_WRONG": False})
     batch = batch_for(gan)
-    with record_batch_statistics() as records:
+    with recorded_batch_statistics((gan.generator, gan.discriminator)) as records:
         losses, _ = gan.discriminator_step(batch)
     assert "d_loss_wrong" not in losses
     assert float(losses["d_loss"]) == pytest.approx(float(losses["d_loss_real"] + losses["d_loss_fake"]))
