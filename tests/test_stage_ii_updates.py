@@ -119,7 +119,7 @@ def test_finetuning_update_order(finetune_run):
     def hr_g_loss():
         g_out, hr_out = replay.stage_ii_forward(emb, batch["g_eps"], batch["g_z"], batch["g_hr_eps"])
         logit = replay.hr_discriminator(hr_out["images"], emb, training=True)
-        return generator_adversarial_loss(logit) + replay.kl_term(hr_out)
+        return generator_adversarial_loss(logit) + replay.updates.kl_term(hr_out)
 
     assert_applied(first_moment(gan.hr_g_optimizer, gan.hr_generator),
                    gradient(hr_g_loss, replay.hr_generator), "Stage-II G")
@@ -133,20 +133,20 @@ def test_finetuning_update_order(finetune_run):
 
     def d_loss():
         fake = replay.generator(emb, batch["ld_eps"], batch["ld_z"], training=True)["images"]
-        losses, _ = replay.critic_losses(replay.discriminator, lr_real, lr_wrong, tf.stop_gradient(fake), emb)
+        losses, _ = replay.updates.discriminator_update(replay.discriminator, None, lr_real, lr_wrong, fake, emb)
         return losses["d_loss"]
 
     assert_applied(first_moment(gan.d_optimizer, gan.discriminator),
                    gradient(d_loss, replay.discriminator), "Stage-I D")
-    replay.discriminator_run(replay.generator, replay.discriminator, replay.d_optimizer,
-                             lr_real, lr_wrong, emb, batch["ld_eps"], batch["ld_z"])
+    replay.updates.discriminator_step(replay.generator, replay.discriminator, replay.d_optimizer,
+                                      lr_real, lr_wrong, emb, batch["ld_eps"], batch["ld_z"])
     np.testing.assert_equal(trainables(replay.discriminator), trainables(gan.discriminator))
 
     # 4. Stage-I G on its own loss, after update 3.
     def g_loss():
         g_out = replay.generator(emb, batch["lg_eps"], batch["lg_z"], training=True)
         logit = replay.discriminator(g_out["images"], emb, training=True)
-        return generator_adversarial_loss(logit) + replay.kl_term(g_out)
+        return generator_adversarial_loss(logit) + replay.updates.kl_term(g_out)
 
     assert_applied(first_moment(gan.g_optimizer, gan.generator),
                    gradient(g_loss, replay.generator), "Stage-I G")
