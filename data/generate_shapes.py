@@ -51,7 +51,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from misc import safe_pickle  # noqa: E402
 from misc.atomic import write_text  # noqa: E402
-from misc.preprocessing import LOAD_SIZE, LR_SIZE, make_low_resolution, prepare_image  # noqa: E402
+from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE  # noqa: E402
+from misc.preprocessing import make_low_resolution, prepare_image  # noqa: E402
 from misc.text_encoder import encode_captions  # noqa: E402
 
 # ---------------------------------------------------------------- attributes
@@ -82,7 +83,7 @@ POSITION_OFFSET = 0.13  # fraction of the picture width
 POSITION_JITTER = 0.015
 ATTRIBUTES = ("shape", "color", "background", "size", "position")
 
-DRAW_SIZE = 2 * LOAD_SIZE
+DRAW_SIZE = 2 * HR_LOAD_SIZE
 NUM_CAPTIONS = 10
 EMBEDDING_DIM = 1024
 DEFAULT_NUM_TRAIN = 1200
@@ -211,8 +212,8 @@ def sample_jitter(rng):
 
 def make_images(attrs, size_jitter=1.0, offset_jitter=(0.0, 0.0)):
     """The 304 px and 76 px pictures, through the real-dataset preprocessing."""
-    hr = prepare_image(render(attrs, size_jitter, offset_jitter), LOAD_SIZE)
-    return hr, make_low_resolution(hr, LR_SIZE)
+    hr = prepare_image(render(attrs, size_jitter, offset_jitter), HR_LOAD_SIZE)
+    return hr, make_low_resolution(hr, LR_LOAD_SIZE)
 
 
 def _write_split(out_dir, split, first_index, count, rng, hr):
@@ -239,8 +240,8 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
 
     embeddings = encode_captions(all_captions, dim=EMBEDDING_DIM).reshape(count, NUM_CAPTIONS, EMBEDDING_DIM)
     if hr:
-        safe_pickle.dump(hr_images, os.path.join(split_dir, f"{LOAD_SIZE}images.pickle"))
-    safe_pickle.dump(lr_images, os.path.join(split_dir, f"{LR_SIZE}images.pickle"))
+        safe_pickle.dump(hr_images, os.path.join(split_dir, f"{HR_LOAD_SIZE}images.pickle"))
+    safe_pickle.dump(lr_images, os.path.join(split_dir, f"{LR_LOAD_SIZE}images.pickle"))
     safe_pickle.dump(embeddings, os.path.join(split_dir, "char-CNN-RNN-embeddings.pickle"))
     safe_pickle.dump([class_id(a["shape"], a["color"]) for a in attributes],
                      os.path.join(split_dir, "class_info.pickle"))
@@ -261,7 +262,7 @@ def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, se
     # filenames.pickle marks a finished split: drop old ones first so that an
     # interrupted regeneration is not mistaken for a complete dataset, and an
     # old 304 px pickle that this run would not replace.
-    stale = ["filenames.pickle"] + ([] if hr else [f"{LOAD_SIZE}images.pickle"])
+    stale = ["filenames.pickle"] + ([] if hr else [f"{HR_LOAD_SIZE}images.pickle"])
     for path in (os.path.join(out_dir, split, name) for split in SPLITS for name in stale):
         if os.path.exists(path):
             os.remove(path)
@@ -287,7 +288,7 @@ def required_files(dataset_dir, hr=True):
     names = ["76images.pickle", "char-CNN-RNN-embeddings.pickle", "class_info.pickle",
              "attributes.json", "filenames.pickle"]
     if hr:
-        names.append(f"{LOAD_SIZE}images.pickle")
+        names.append(f"{HR_LOAD_SIZE}images.pickle")
     return [os.path.join(dataset_dir, split, name) for split in SPLITS for name in names]
 
 

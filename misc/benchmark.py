@@ -40,10 +40,9 @@ import tensorflow as tf  # noqa: E402
 
 from misc import experiment  # noqa: E402
 from misc.config import ConfigError  # noqa: E402
-from misc.datasets import LOAD_SIZES, LR_SIZE, Split, load_dataset  # noqa: E402
+from misc.datasets import HR_LR_RATIO, LOAD_SIZES, LR_IMAGE_SIZE, Split, load_dataset  # noqa: E402
 from misc.input_pipeline import training_dataset  # noqa: E402
 
-HR_LR_RATIO = {1: 1, 2: 4}  # stage -> stored-image size ratio (misc.datasets.LOAD_SIZES)
 BIRDS_TRAIN_IMAGES = 8855  # CUB-200 training split, the reference dataset
 CAPTIONS_PER_IMAGE = 10
 NUM_CLASSES = 200
@@ -145,6 +144,11 @@ def _load_average():
 
 # -- data -----------------------------------------------------------------
 
+def hr_lr_ratio(stage):
+    """The dataset's hr/lr ratio of a stage (which stored images it loads)."""
+    return HR_LR_RATIO if stage == 2 else 1
+
+
 class SyntheticSplit(Split):
     """A Split whose captions are placeholders: there are no text files."""
 
@@ -155,7 +159,7 @@ class SyntheticSplit(Split):
 def synthetic_split(num_images, stage, embedding_dim, seed=0):
     """Random data in the reference format: uint8 N x S x S x 3 images of the
     stored size, N x 10 x D float32 embeddings, names and class ids."""
-    ratio = HR_LR_RATIO[stage]
+    ratio = hr_lr_ratio(stage)
     size = LOAD_SIZES[ratio]
     rng = np.random.default_rng(seed)
     images = random_bytes(rng, num_images * size * size * 3).reshape(num_images, size, size, 3)
@@ -164,7 +168,7 @@ def synthetic_split(num_images, stage, embedding_dim, seed=0):
     class_ids = rng.integers(1, NUM_CLASSES + 1, size=num_images)
     filenames = [f"synthetic/{i:06d}" for i in range(num_images)]
     return SyntheticSplit(images, embeddings, filenames, class_ids, dataset_dir="",
-                          crop_size=LR_SIZE * ratio, name="train")
+                          crop_size=LR_IMAGE_SIZE * ratio, name="train")
 
 
 def random_bytes(rng, count):
@@ -175,7 +179,7 @@ def random_bytes(rng, count):
 
 
 def real_split(config, stage):
-    return load_dataset(config, hr_lr_ratio=HR_LR_RATIO[stage], splits=("train",)).train
+    return load_dataset(config, hr_lr_ratio=hr_lr_ratio(stage), splits=("train",)).train
 
 
 def data_info(split, synthetic):

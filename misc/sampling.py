@@ -38,12 +38,11 @@ import tensorflow as tf
 
 from misc.checkpoints import CheckpointInfo, describe_checkpoint, restore_objects
 from misc.config import ConfigError
-from misc.datasets import DatasetError
+from misc.datasets import HR_LR_RATIO, DatasetError
 from misc.reference_import import LoadReport, import_reference_checkpoint
 from misc.tf1_checkpoint import CA_MATRIX, CheckpointError, ReferenceCheckpoint
 from stageI.model import NETWORK_TYPES, StageIGenerator
 
-HR_LR_RATIO = 4
 MAX_COPIES = 16  # the reference demo draws at most 16 samples per caption
 TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviations
 

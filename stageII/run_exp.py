@@ -19,7 +19,7 @@ import tensorflow as tf  # noqa: E402
 
 from misc import experiment  # noqa: E402
 from misc.checkpoints import check_embedding_dim, copy_trainable_weights, describe_checkpoint, restore_native  # noqa: E402
-from misc.datasets import load_dataset  # noqa: E402
+from misc.datasets import HR_LR_RATIO, load_dataset  # noqa: E402
 from misc.gan_trainer import learning_rate_for_epoch  # noqa: E402
 from misc.image_utils import save_image, superimage, to_uint8, write_text  # noqa: E402
 from misc.reference_import import import_reference_checkpoint  # noqa: E402
@@ -29,7 +29,7 @@ from stageI.model import build_stage_i  # noqa: E402
 from stageI.run_exp import evaluation_dir, first_caption_embeddings  # noqa: E402
 from stageI.trainer import StageIGAN  # noqa: E402
 from stageII.model import build_stage_ii  # noqa: E402
-from stageII.trainer import HR_LR_RATIO, StageIIGAN, base_learning_rates  # noqa: E402
+from stageII.trainer import StageIIGAN, base_learning_rates  # noqa: E402
 
 
 def build_gan(config, embedding_dim, strategy):

@@ -23,8 +23,6 @@ from misc.losses import generator_adversarial_loss
 from misc.optimizers import ReferenceAdam
 from stageI.trainer import StageIUpdates
 
-HR_LR_RATIO = 4
-
 
 def prefixed(prefix, values):
     return {prefix + k: v for k, v in values.items()}
