@@ -204,14 +204,6 @@ def distributed_batches(split, config, gan, strategy):
 
 # -- model and step -------------------------------------------------------
 
-def build_gan(config, stage, embedding_dim, strategy):
-    if stage == 1:
-        from stageI.run_exp import build_gan as build
-    else:
-        from stageII.run_exp import build_gan as build
-    return build(config, embedding_dim, strategy)
-
-
 def compiled_step(gan, strategy, jit):
     """One distributed training step in a tf.function (as ``fit`` compiles
     it); returns every replica's logs."""
@@ -412,7 +404,7 @@ def main(argv=None, strategy=None):
     if split.steps_per_epoch(config.TRAIN.BATCH_SIZE) < 1:
         raise ConfigError(f"batch size {config.TRAIN.BATCH_SIZE} is larger than the "
                           f"{split.num_examples} images; raise --num-images or lower the batch.")
-    gan = build_gan(config, stage, split.embedding_dim, strategy)
+    gan = experiment.build_trainer(config, stage, split.embedding_dim, strategy)
     result = {
         "status": "ok",
         "machine": machine_info(),

@@ -1,6 +1,7 @@
-"""What ``stageI/run_exp.py`` and ``stageII/run_exp.py`` share: the command
-line, the distribution strategy, the output folder, the training driver
-around ``keras.Model.fit`` and turning failures into one-line errors."""
+"""What the Stage-I and Stage-II experiments (``stageI/experiment.py``,
+``stageII/experiment.py``) share: the command line, the distribution
+strategy, the output folder, the training driver around ``keras.Model.fit``,
+the evaluation output layout and turning failures into one-line errors."""
 
 import argparse
 import datetime
@@ -9,6 +10,7 @@ import pprint
 import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from misc.callbacks import (
@@ -20,9 +22,10 @@ from misc.callbacks import (
     TensorBoardSummaries,
     TrainingDiverged,
 )
+from misc.atomic import write_text
 from misc.checkpoints import Snapshotter
 from misc.config import ConfigError, load_config
-from misc.datasets import DatasetError
+from misc.datasets import LR_IMAGE_SIZE, DatasetError
 from misc.input_pipeline import training_dataset
 from misc.tf1_checkpoint import CheckpointError
 
@@ -98,6 +101,15 @@ def _plain(tree):
     return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
+def build_trainer(config, stage, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
+    """The trainer of Stage ``stage`` (1 or 2): that stage's ``build_gan``."""
+    if stage == 1:
+        from stageI.experiment import build_gan
+    else:
+        from stageII.experiment import build_gan
+    return build_gan(config, embedding_dim, strategy, lr_size)
+
+
 def check_batch_size(batch_size, strategy):
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
@@ -153,6 +165,24 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
     finally:
         writer.close()
     return snapshot.last_path
+
+
+def write_captions(captions, path):
+    """The captions of a preview's rows, as the reference's text summary."""
+    write_text("".join(f"\n***row {r}***\n{c}" for r, c in enumerate(captions)), path)
+
+
+def evaluation_dir(path, num_samples):
+    """Where the reference wrote evaluation samples: the checkpoint path
+    without '.ckpt', then '-1real-<n>samples'."""
+    stem = path[:path.find(".ckpt")] if ".ckpt" in path else path
+    return f"{stem}-1real-{num_samples}samples"
+
+
+def first_caption_embeddings(split, ids):
+    """The embedding of the first caption of each image (evaluation)."""
+    emb = split.embeddings[np.asarray(ids)]
+    return (emb[:, 0] if emb.ndim == 3 else emb).astype(np.float32)
 
 
 def run_main(main, argv=None):

@@ -39,6 +39,7 @@ import tensorflow as tf
 from misc.checkpoints import CheckpointInfo, describe_checkpoint, restore_objects
 from misc.config import ConfigError
 from misc.datasets import HR_LR_RATIO, DatasetError
+from misc.experiment import build_trainer
 from misc.reference_import import LoadReport, import_reference_checkpoint
 from misc.tf1_checkpoint import CA_MATRIX, CheckpointError, ReferenceCheckpoint
 from stageI.model import NETWORK_TYPES, StageIGenerator
@@ -190,20 +191,6 @@ def load_generator(config, path, info=None):
     return model, report, info
 
 
-def build_trainer(config, stage, embedding_dim):
-    """The Stage-I or Stage-II trainer of a config (networks and optimizers)."""
-    if stage == 1:
-        from stageI.model import build_stage_i
-        from stageI.trainer import StageIGAN
-        return StageIGAN.from_config_tree(config, *build_stage_i(config, embedding_dim,
-                                                                  config.TEST.LR_IMSIZE))
-    from stageII.model import build_stage_ii
-    from stageII.trainer import StageIIGAN
-    image_sizes(config, 2)
-    return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim,
-                                                                config.TEST.LR_IMSIZE))
-
-
 def load_reference_trainer(config, path, optimizer_state=True):
     """A trainer of the checkpoint's stage with everything a reference
     checkpoint holds: networks, batch-norm statistics, Adam state, counters.
@@ -215,7 +202,8 @@ def load_reference_trainer(config, path, optimizer_state=True):
     _check_network_type(info, config)
     if info.stage == 2 and config.GAN.NETWORK_TYPE != "default":
         raise ConfigError("a Stage-II checkpoint needs GAN.NETWORK_TYPE 'default'.")
-    gan = build_trainer(config, info.stage, info.embedding_dim)
+    lr_size, _ = image_sizes(config, info.stage)
+    gan = build_trainer(config, info.stage, info.embedding_dim, lr_size=lr_size)
     report = import_reference_checkpoint(gan, info.path, optimizer_state=optimizer_state,
                                          network_type=info.network_type)
     return gan, report, info

@@ -13,7 +13,7 @@ from misc.config import load_config
 from misc.datasets import load_dataset
 from misc.evaluate_shapes import caption_attributes, consistency, format_table, main
 from misc.shapes_attributes import measure
-from stageI.run_exp import build_gan
+from stageI.experiment import build_gan
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from misc import callbacks as callbacks_module
 from misc import experiment, safe_pickle
 from misc.checkpoints import restore_native
 from misc.datasets import load_dataset
-from stageI import run_exp as stage_i
-from stageII import run_exp as stage_ii
+from stageI import experiment as stage_i
+from stageII import experiment as stage_ii
 from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def run(main, name, **overrides):
-    """Run a run_exp main() on a tiny config; return its log directory."""
+    """Run a stage's main() (what run_exp.py runs) on a tiny config; return its log directory."""
     before = set(glob.glob("ckt_logs/*/*"))
     experiment.run_main(main, ["--cfg", write_config(f"{name}.yml", tiny_train_config(**overrides))])
     created = sorted(set(glob.glob("ckt_logs/*/*")) - before)
