@@ -141,8 +141,7 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
                                first_epoch=first_epoch, first_step=counter)
     snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=keep_every_n_hours)
     writer = tf.summary.create_file_writer(log_dir)
-    snapshot = None
-    guard = DivergenceGuard(gan, lambda: snapshot.last_path)
+    guard = DivergenceGuard(gan, snapshotter)
     snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard)
     callbacks = [
         LearningRateSchedule(gan, rate_for),
@@ -164,7 +163,7 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
         raise SystemExit(130) from None
     finally:
         writer.close()
-    return snapshot.last_path
+    return snapshotter.last_path
 
 
 def write_captions(captions, path):
