@@ -2,7 +2,7 @@
 
 A trainer is a ``keras.Model`` whose ``train_step`` runs the reference's
 alternating updates on one batch.  Batches carry their own noise (see
-``misc.datasets``), so a step is a deterministic function of the batch and
+``misc.input_pipeline``), so a step is a deterministic function of the batch and
 the state: N replicas of a ``tf.distribute`` strategy compute what one device
 computes on the same global batch (losses are global-batch means,
 batch-norm statistics are synchronised, gradients are all-reduced by the
@@ -36,7 +36,8 @@ def gather_batch(values):
 def learning_rate_for_epoch(base_lr, epoch, decay_every, decay_after=0):
     """The reference schedule, as a function of the epoch: the rate halves at
     the start of every epoch ``e`` with ``e % decay_every == 0`` and
-    ``e > decay_after`` (Stage-I: ``e != 0``; Stage-II: ``e > PRETRAINED_EPOCH``).
+    ``e > decay_after`` (Stage-I: ``e != 0``; Stage-II: ``e > PRETRAINED_EPOCH``);
+    docs/reference_quirks.md#q13.
 
     Unlike the reference loop, which recomputed the rate only from the epoch
     it (re)started at, a resumed run gets the rate of an uninterrupted run.

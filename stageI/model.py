@@ -3,9 +3,9 @@
 Layers are created in the reference's construction order, so the
 ``ReferenceNamer`` reproduces the reference variable names (``g_net/...``,
 ``d_net/...``) used to import the authors' checkpoints.  The quirks of the
-reference network are kept on purpose (golden README, Q4): no ReLU after the
-first FC + BN, none after the first block of each residual pair, and the
-discriminator's encoder has BN layers without an activation.
+reference network are kept on purpose (docs/reference_quirks.md#q4): no
+ReLU after the first FC + BN, none after the first block of each residual
+pair, and the discriminator's encoder has BN layers without an activation.
 """
 
 import keras

@@ -3,7 +3,7 @@ its critic.  The Stage-I networks (``g_net``, ``d_net``) are those of
 ``stageI.model``; Stage-II adds ``hr_g_net`` and ``hr_d_net``.
 
 As in Stage-I, layers are created in the reference's construction order so
-that the reference variable names follow (golden README, section 2).
+that the reference variable names follow (docs/reference_quirks.md#names).
 """
 
 import keras

@@ -6,12 +6,13 @@ Stage-I generator, eps for the Stage-II CA).  The Stage-I generator runs in
 training mode (batch statistics; its moving statistics update) but stays
 frozen.  The Stage-I discriminator's losses on the low-resolution images are
 computed and logged in the first update, as the reference did (which also
-updates that discriminator's moving statistics).
+updates that discriminator's moving statistics: docs/reference_quirks.md#q10).
 
 With FINETUNE_LR True there are four updates per batch: Stage-II D; Stage-II
 G together with the Stage-I G fine-tuned on the Stage-II G loss at
 FT_LR_RETIO * lr (both gradients from the same pre-update state); Stage-I D
-and Stage-I G on their own losses at FT_LR_RETIO * lr.
+and Stage-I G on their own losses at FT_LR_RETIO * lr
+(docs/reference_quirks.md#q14).
 """
 
 import tensorflow as tf

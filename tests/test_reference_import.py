@@ -213,7 +213,7 @@ def test_tiny_fixture_through_the_importer(tmp_path, stage, form):
     path = unpack_checkpoint(stage, form, str(tmp_path))
     rows = manifest_rows(MANIFEST_TINY[stage])
     model_rows = sorted(n for n, (_, k) in rows.items() if k in MODEL_KINDS)
-    if form == "v1":  # the V2 files hold the same tensors (golden README, section 7)
+    if form == "v1":  # the V2 files hold the same tensors (docs/reference_quirks.md#checkpoints)
         gan, report, info = load_reference_trainer(tiny_config(), path)
         assert sorted(report.filled) == model_rows and report.unused == [] and report.not_needed == []
         assert {k: len(v) for k, v in report.leftovers.items()} == (

@@ -1,4 +1,4 @@
-"""Stage-II update order and learning-rate ratios (golden README, Q14).
+"""Stage-II update order and learning-rate ratios (docs/reference_quirks.md#q14).
 
 FINETUNE_LR False: per batch, the Stage-II D then the Stage-II G update; the
 Stage-I networks only have their batch-norm statistics moved.
