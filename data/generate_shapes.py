@@ -46,14 +46,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw
 
-from misc import safe_pickle  # noqa: E402
-from misc.atomic import write_text  # noqa: E402
-from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE  # noqa: E402
-from misc.preprocessing import make_low_resolution, prepare_image  # noqa: E402
-from misc.text_encoder import encode_captions  # noqa: E402
+from misc import safe_pickle
+from misc.atomic import write_text
+from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.preprocessing import make_low_resolution, prepare_image
+from misc.text_encoder import encode_captions
 
 # ---------------------------------------------------------------- attributes
 # These definitions are the single source of truth; misc/shapes_attributes.py

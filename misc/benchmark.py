@@ -29,19 +29,17 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from misc import experiment  # noqa: E402
-from misc.config import ConfigError  # noqa: E402
-from misc.datasets import HR_LR_RATIO, LOAD_SIZES, LR_IMAGE_SIZE, Split, load_dataset  # noqa: E402
-from misc.input_pipeline import training_dataset  # noqa: E402
+from misc import experiment
+from misc.config import ConfigError
+from misc.datasets import HR_LR_RATIO, LOAD_SIZES, LR_IMAGE_SIZE, Split, load_dataset
+from misc.input_pipeline import training_dataset
 
 BIRDS_TRAIN_IMAGES = 8855  # CUB-200 training split, the reference dataset
 CAPTIONS_PER_IMAGE = 10

@@ -129,7 +129,7 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
 def read_yaml(filename):
     """Parse a YAML config file; errors name the file."""
     try:
-        with open(filename, "r", encoding="utf-8") as f:
+        with open(filename, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"{filename}: config file not found. Check the --cfg path.") from None

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from misc.atomic import write_text
 from misc.callbacks import (
     DivergenceGuard,
     EpochEnd,
@@ -22,7 +23,6 @@ from misc.callbacks import (
     TensorBoardSummaries,
     TrainingDiverged,
 )
-from misc.atomic import write_text
 from misc.checkpoints import Snapshotter
 from misc.config import ConfigError, load_config
 from misc.datasets import LR_IMAGE_SIZE, DatasetError

@@ -29,19 +29,18 @@ statistics), as the reference demo (``pt.Phase.test``): ``z ~ N(0, 1)``,
 ``eps`` and ``hr_eps`` truncated normal (|x| <= 2), unless given.
 """
 
-import dataclasses
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from misc.checkpoints import CheckpointInfo, describe_checkpoint, restore_objects
+from misc.checkpoints import describe_checkpoint, restore_objects
 from misc.config import ConfigError
 from misc.datasets import HR_LR_RATIO, DatasetError
 from misc.experiment import build_trainer
 from misc.reference_import import LoadReport, import_reference_checkpoint
-from misc.tf1_checkpoint import CA_MATRIX, CheckpointError, ReferenceCheckpoint
+from misc.tf1_checkpoint import CheckpointError, ReferenceCheckpoint
 from stageI.model import NETWORK_TYPES, StageIGenerator
 
 MAX_COPIES = 16  # the reference demo draws at most 16 samples per caption
@@ -51,8 +50,6 @@ TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviati
 class InputError(DatasetError):
     """Bad sampling input (embeddings, captions, noise); names the path and the fix."""
 
-
-# -- what a checkpoint holds -------------------------------------------------
 
 # -- the generators ---------------------------------------------------------
 

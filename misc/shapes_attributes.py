@@ -30,8 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from data.generate_shapes import (BACKGROUNDS, COLORS, POSITION_OFFSET, POSITIONS, SHAPES, SIZES,
-                                  draw_shape)
+from data.generate_shapes import BACKGROUNDS, COLORS, POSITION_OFFSET, POSITIONS, SHAPES, SIZES, draw_shape
 from misc.datasets import LR_IMAGE_SIZE, LR_LOAD_SIZE
 
 # Position is measured too but not scored by default: training flips images

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from misc import safe_pickle
+from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.preprocessing import bytescale, custom_crop, load_rgb, prepare_image, resize_bicubic
 
-from misc import safe_pickle  # noqa: E402
-from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE  # noqa: E402
-from misc.preprocessing import bytescale, custom_crop, load_rgb, prepare_image, resize_bicubic  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(name, *args):

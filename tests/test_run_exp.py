@@ -44,7 +44,8 @@ def summary_values(log_dir):
     for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for v in event.summary.value:
-                number = float(tf.make_ndarray(v.tensor)) if v.metadata.plugin_data.plugin_name == "scalars" else None
+                scalar = v.metadata.plugin_data.plugin_name == "scalars"
+                number = float(tf.make_ndarray(v.tensor)) if scalar else None
                 values.setdefault(v.tag, []).append((event.step, number))
     return values
 
@@ -56,7 +57,8 @@ def epoch_lines(text):
 def test_stage_i_trains_and_writes_snapshots_summaries_and_images(workdir, capsys):
     log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 4})
     # 12 images / batch 4 = 3 iterations per epoch: a snapshot at 4, and the final state
-    snapshots = sorted(os.path.basename(p)[:-len(".index")] for p in glob.glob(os.path.join(log_dir, "*.index")))
+    snapshots = sorted(os.path.basename(p)[:-len(".index")]
+                       for p in glob.glob(os.path.join(log_dir, "*.index")))
     assert snapshots == ["model-4", "model-6"]
     tags = summary_values(log_dir)
     for tag in ("d_loss", "d_loss_real", "d_loss_wrong", "d_loss_fake", "g_loss", "g_loss_kl_loss",
