@@ -44,10 +44,11 @@ def parse_args(description, argv=None):
 
 def load_run_config(args):
     """The config of a run; also seeds the initial weights with SEED (data
-    order and noise are seeded from it too), so a run is repeatable."""
+    order and noise are seeded from it too), so a run is repeatable.  The
+    devices come from --gpu (``make_strategy``), not from GPU_ID."""
     config = load_config(args.cfg_file)
     if args.gpu is not None:
-        config.GPU_ID = parse_gpu_ids(args.gpu)[0]
+        parse_gpu_ids(args.gpu)  # a bad --gpu fails before anything is printed
     keras.utils.set_random_seed(config.SEED)
     return config
 
