@@ -2,8 +2,8 @@
 
 A trainer is a ``keras.Model`` whose ``train_step`` runs the reference's
 alternating updates on one batch.  Batches carry their own noise (see
-``misc.input_pipeline``), so a step is a deterministic function of the batch and
-the state: N replicas of a ``tf.distribute`` strategy compute what one device
+``misc.input_pipeline``), so a step is a deterministic function of the batch
+and the state: N replicas of a ``tf.distribute`` strategy compute what one device
 computes on the same global batch (losses are global-batch means,
 batch-norm statistics are synchronised, gradients are all-reduced by the
 optimizer).
@@ -55,8 +55,9 @@ class GANTrainer(keras.Model):
     epoch-mean trackers, gradient application and log assembly.  The update
     rules themselves live in each stage's ``trainer.py``."""
 
-    #: losses averaged over the epoch and printed, as the reference did
-    epoch_log_keys = ("d_loss", "g_loss")
+    #: losses averaged over the epoch and printed, as the reference did (set
+    #: by each trainer)
+    epoch_log_keys = ()
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

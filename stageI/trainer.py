@@ -104,6 +104,8 @@ class StageIGAN(GANTrainer):
     ``z`` normal (B x Z_DIM).
     """
 
+    epoch_log_keys = ("d_loss", "g_loss")
+
     def __init__(self, generator, discriminator, *, kl_coeff=2.0, use_wrong=True,
                  cond_augmentation=True, name="stage_i_gan", **kwargs):
         super().__init__(name=name, **kwargs)
