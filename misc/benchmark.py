@@ -402,7 +402,7 @@ def main(argv=None, strategy=None):
     if split.steps_per_epoch(config.TRAIN.BATCH_SIZE) < 1:
         raise ConfigError(f"batch size {config.TRAIN.BATCH_SIZE} is larger than the "
                           f"{split.num_examples} images; raise --num-images or lower the batch.")
-    gan = experiment.build_trainer(config, stage, split.embedding_dim, strategy)
+    gan = experiment.build_stage_gan(config, stage, split.embedding_dim, strategy)
     result = {
         "status": "ok",
         "machine": machine_info(),

@@ -102,7 +102,7 @@ def _plain(tree):
     return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
-def build_trainer(config, stage, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
+def build_stage_gan(config, stage, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
     """The trainer of Stage ``stage`` (1 or 2): that stage's ``build_gan``."""
     if stage == 1:
         from stageI.experiment import build_gan

@@ -38,7 +38,7 @@ import tensorflow as tf
 from misc.checkpoints import describe_checkpoint, restore_objects
 from misc.config import ConfigError
 from misc.datasets import HR_LR_RATIO, DatasetError
-from misc.experiment import build_trainer
+from misc.experiment import build_stage_gan
 from misc.reference_import import LoadReport, import_reference_checkpoint
 from misc.tf1_checkpoint import CheckpointError, ReferenceCheckpoint
 from stageI.model import NETWORK_TYPES, StageIGenerator
@@ -200,7 +200,7 @@ def load_reference_trainer(config, path, optimizer_state=True):
     if info.stage == 2 and config.GAN.NETWORK_TYPE != "default":
         raise ConfigError("a Stage-II checkpoint needs GAN.NETWORK_TYPE 'default'.")
     lr_size, _ = image_sizes(config, info.stage)
-    gan = build_trainer(config, info.stage, info.embedding_dim, lr_size=lr_size)
+    gan = build_stage_gan(config, info.stage, info.embedding_dim, lr_size=lr_size)
     report = import_reference_checkpoint(gan, info.path, optimizer_state=optimizer_state,
                                          network_type=info.network_type)
     return gan, report, info
