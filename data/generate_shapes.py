@@ -51,7 +51,7 @@ from PIL import Image, ImageDraw
 
 from misc import safe_pickle
 from misc.atomic import write_text
-from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.datasets import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, TEXT_EMBEDDING_DIM
 from misc.preprocessing import make_low_resolution, prepare_image
 from misc.text_encoder import encode_captions
 
@@ -84,8 +84,6 @@ POSITION_JITTER = 0.015
 ATTRIBUTES = ("shape", "color", "background", "size", "position")
 
 DRAW_SIZE = 2 * HR_LOAD_SIZE
-NUM_CAPTIONS = 10
-EMBEDDING_DIM = 1024
 DEFAULT_NUM_TRAIN = 1200
 DEFAULT_NUM_TEST = 200
 SPLITS = ("train", "test")
@@ -166,7 +164,7 @@ CAPTION_TEMPLATES = (
 _ARTICLE_RE = re.compile(r"\ba (?=[aeiou])")
 
 
-def make_captions(attrs, rng, count=NUM_CAPTIONS):
+def make_captions(attrs, rng, count=CAPTIONS_PER_IMAGE):
     """``count`` different captions for one picture, in random order."""
     chosen = rng.choice(len(CAPTION_TEMPLATES), size=count, replace=False)
     captions = []
@@ -238,7 +236,8 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
     hr_images = [hr for hr, _ in pairs]
     lr_images = [lr for _, lr in pairs]
 
-    embeddings = encode_captions(all_captions, dim=EMBEDDING_DIM).reshape(count, NUM_CAPTIONS, EMBEDDING_DIM)
+    embeddings = encode_captions(all_captions, dim=TEXT_EMBEDDING_DIM)
+    embeddings = embeddings.reshape(count, CAPTIONS_PER_IMAGE, TEXT_EMBEDDING_DIM)
     if hr:
         safe_pickle.dump(hr_images, os.path.join(split_dir, f"{HR_LOAD_SIZE}images.pickle"))
     safe_pickle.dump(lr_images, os.path.join(split_dir, f"{LR_LOAD_SIZE}images.pickle"))
@@ -277,7 +276,7 @@ def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, se
                                for split in SPLITS for name in os.listdir(os.path.join(out_dir, split))) / 1e6
     sizes = ", ".join(f"{split} {info['count']}" for split, info in summary["splits"].items())
     log(f"shapes dataset: {sizes} images ({len(SHAPES) * len(COLORS)} classes, "
-        f"{NUM_CAPTIONS} captions each, embeddings dim {EMBEDDING_DIM}"
+        f"{CAPTIONS_PER_IMAGE} captions each, embeddings dim {TEXT_EMBEDDING_DIM}"
         f"{', with 304 px' if hr else ', 76 px only'}) in {out_dir}: "
         f"{summary['megabytes']:.0f} MB of pickles in {summary['seconds']:.1f} s")
     return summary

@@ -38,11 +38,18 @@ import tensorflow as tf
 
 from misc import experiment
 from misc.config import ConfigError
-from misc.datasets import HR_LR_RATIO, LOAD_SIZES, LR_IMAGE_SIZE, Split, load_dataset
+from misc.datasets import (
+    CAPTIONS_PER_IMAGE,
+    HR_LR_RATIO,
+    LOAD_SIZES,
+    LR_IMAGE_SIZE,
+    TEXT_EMBEDDING_DIM,
+    Split,
+    load_dataset,
+)
 from misc.input_pipeline import training_dataset
 
 BIRDS_TRAIN_IMAGES = 8855  # CUB-200 training split, the reference dataset
-CAPTIONS_PER_IMAGE = 10
 NUM_CLASSES = 200
 MIB = 1024 * 1024
 
@@ -68,8 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=_positive, default=BIRDS_TRAIN_IMAGES,
                         help=f"synthetic images held in memory (default {BIRDS_TRAIN_IMAGES}, "
                              "the birds training split)")
-    parser.add_argument("--embedding-dim", type=_positive, default=1024,
-                        help="synthetic text-embedding size (default 1024, char-CNN-RNN)")
+    parser.add_argument("--embedding-dim", type=_positive, default=TEXT_EMBEDDING_DIM,
+                        help=f"synthetic text-embedding size (default {TEXT_EMBEDDING_DIM}, char-CNN-RNN)")
     parser.add_argument("--data", action="store_true",
                         help="use the configured dataset (DATA_DIR/DATASET_NAME) instead of "
                              "synthetic data")

@@ -38,6 +38,10 @@ HR_LR_RATIO = 4
 LR_LOAD_SIZE = 76
 HR_LOAD_SIZE = HR_LR_RATIO * LR_LOAD_SIZE
 LOAD_SIZES = {1: LR_LOAD_SIZE, HR_LR_RATIO: HR_LOAD_SIZE}  # stored image size per hr/lr ratio
+# The reference datasets: ten captions per image, char-CNN-RNN embeddings of
+# this size.
+CAPTIONS_PER_IMAGE = 10
+TEXT_EMBEDDING_DIM = 1024
 
 
 class DatasetError(Exception):
