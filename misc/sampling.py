@@ -34,6 +34,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy import stats
 
 from misc.checkpoints import describe_checkpoint, restore_objects
 from misc.config import ConfigError
@@ -208,21 +209,16 @@ def load_reference_trainer(config, path, optimizer_state=True):
 
 # -- noise and sampling ------------------------------------------------------
 
-def truncated_normal(rng, shape, bound=TRUNCATION):
-    """Standard normal values redrawn until |x| <= bound (tf.truncated_normal)."""
-    values = rng.standard_normal(shape)
-    outside = np.abs(values) > bound
-    while outside.any():
-        values[outside] = rng.standard_normal(int(outside.sum()))
-        outside = np.abs(values) > bound
-    return values.astype(np.float32)
-
-
 def draw_noise(rng, count, z_dim, ef_dim):
-    """Noise for ``count`` samples: z ~ N(0, 1), eps and hr_eps truncated normal."""
+    """Noise for ``count`` samples from the numpy Generator ``rng``:
+    z ~ N(0, 1), eps and hr_eps standard normal truncated to |x| <= 2."""
+
+    def truncated_normal(shape):
+        return stats.truncnorm.rvs(-TRUNCATION, TRUNCATION, size=shape, random_state=rng)
+
     return {"z": rng.standard_normal((count, z_dim)).astype(np.float32),
-            "eps": truncated_normal(rng, (count, ef_dim)),
-            "hr_eps": truncated_normal(rng, (count, ef_dim))}
+            "eps": truncated_normal((count, ef_dim)).astype(np.float32),
+            "hr_eps": truncated_normal((count, ef_dim)).astype(np.float32)}
 
 
 def expand_noise(noise, num_captions, num_copy, z_dim, ef_dim, stage, source="noise"):

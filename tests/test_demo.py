@@ -22,6 +22,7 @@ from demo import demo as demo_script
 from golden_support import TEXT_DIM, assert_close, load_arrays, tiny_config, unpack_checkpoint
 from misc import experiment, safe_pickle
 from misc.checkpoints import training_checkpoint
+from misc.sampling import draw_noise
 from misc.text_encoder import encode_captions
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
@@ -261,3 +262,16 @@ def test_command_line_error_from_the_repository_root(tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {junk}: not a TensorFlow checkpoint")
+
+
+def test_drawn_noise_is_seeded_and_eps_truncated_at_two_sigma():
+    first, again = (draw_noise(np.random.default_rng(5), 20000, 10, 16) for _ in range(2))
+    for key, width in (("z", 10), ("eps", 16), ("hr_eps", 16)):
+        assert first[key].shape == (20000, width) and first[key].dtype == np.float32
+        np.testing.assert_array_equal(first[key], again[key])
+    assert not np.array_equal(first["eps"], first["hr_eps"])
+    for key in ("eps", "hr_eps"):
+        assert np.max(np.abs(first[key])) <= 2.0
+        # a standard normal cut at +-2 has mean 0 and standard deviation 0.8796
+        assert abs(float(first[key].mean())) < 0.01 and abs(float(first[key].std()) - 0.8796) < 0.005
+    assert np.max(np.abs(first["z"])) > 3.0 and abs(float(first["z"].std()) - 1.0) < 0.005
