@@ -20,8 +20,8 @@ from stageI.experiment import build_gan
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate(str(root / "shapes"), num_train=30, num_test=40, seed=3, hr=False, log=lambda *a: None)
-    root = os.path.dirname(os.path.dirname(__file__))
-    config = load_config(os.path.join(root, "stageI", "cfg", "shapes.yml"))
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config(os.path.join(repository, "stageI", "cfg", "shapes.yml"))
     config.DATA_DIR = str(root)
     config.TRAIN.BATCH_SIZE = 8
     return config
