@@ -46,13 +46,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw
 
-from misc import safe_pickle  # noqa: E402
-from misc.atomic import write_text  # noqa: E402
-from misc.preprocessing import LOAD_SIZE, LR_SIZE, make_low_resolution, prepare_image  # noqa: E402
-from misc.text_encoder import encode_captions  # noqa: E402
+from misc import safe_pickle
+from misc.atomic import write_text
+from misc.datasets import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, TEXT_EMBEDDING_DIM
+from misc.preprocessing import make_low_resolution, prepare_image
+from misc.text_encoder import encode_captions
 
 # ---------------------------------------------------------------- attributes
 # These definitions are the single source of truth; misc/shapes_attributes.py
@@ -82,9 +83,7 @@ POSITION_OFFSET = 0.13  # fraction of the picture width
 POSITION_JITTER = 0.015
 ATTRIBUTES = ("shape", "color", "background", "size", "position")
 
-DRAW_SIZE = 2 * LOAD_SIZE
-NUM_CAPTIONS = 10
-EMBEDDING_DIM = 1024
+DRAW_SIZE = 2 * HR_LOAD_SIZE
 DEFAULT_NUM_TRAIN = 1200
 DEFAULT_NUM_TEST = 200
 SPLITS = ("train", "test")
@@ -165,7 +164,7 @@ CAPTION_TEMPLATES = (
 _ARTICLE_RE = re.compile(r"\ba (?=[aeiou])")
 
 
-def make_captions(attrs, rng, count=NUM_CAPTIONS):
+def make_captions(attrs, rng, count=CAPTIONS_PER_IMAGE):
     """``count`` different captions for one picture, in random order."""
     chosen = rng.choice(len(CAPTION_TEMPLATES), size=count, replace=False)
     captions = []
@@ -211,8 +210,8 @@ def sample_jitter(rng):
 
 def make_images(attrs, size_jitter=1.0, offset_jitter=(0.0, 0.0)):
     """The 304 px and 76 px pictures, through the real-dataset preprocessing."""
-    hr = prepare_image(render(attrs, size_jitter, offset_jitter), LOAD_SIZE)
-    return hr, make_low_resolution(hr, LR_SIZE)
+    hr = prepare_image(render(attrs, size_jitter, offset_jitter), HR_LOAD_SIZE)
+    return hr, make_low_resolution(hr, LR_LOAD_SIZE)
 
 
 def _write_split(out_dir, split, first_index, count, rng, hr):
@@ -237,10 +236,11 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
     hr_images = [hr for hr, _ in pairs]
     lr_images = [lr for _, lr in pairs]
 
-    embeddings = encode_captions(all_captions, dim=EMBEDDING_DIM).reshape(count, NUM_CAPTIONS, EMBEDDING_DIM)
+    embeddings = encode_captions(all_captions, dim=TEXT_EMBEDDING_DIM)
+    embeddings = embeddings.reshape(count, CAPTIONS_PER_IMAGE, TEXT_EMBEDDING_DIM)
     if hr:
-        safe_pickle.dump(hr_images, os.path.join(split_dir, f"{LOAD_SIZE}images.pickle"))
-    safe_pickle.dump(lr_images, os.path.join(split_dir, f"{LR_SIZE}images.pickle"))
+        safe_pickle.dump(hr_images, os.path.join(split_dir, f"{HR_LOAD_SIZE}images.pickle"))
+    safe_pickle.dump(lr_images, os.path.join(split_dir, f"{LR_LOAD_SIZE}images.pickle"))
     safe_pickle.dump(embeddings, os.path.join(split_dir, "char-CNN-RNN-embeddings.pickle"))
     safe_pickle.dump([class_id(a["shape"], a["color"]) for a in attributes],
                      os.path.join(split_dir, "class_info.pickle"))
@@ -261,7 +261,7 @@ def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, se
     # filenames.pickle marks a finished split: drop old ones first so that an
     # interrupted regeneration is not mistaken for a complete dataset, and an
     # old 304 px pickle that this run would not replace.
-    stale = ["filenames.pickle"] + ([] if hr else [f"{LOAD_SIZE}images.pickle"])
+    stale = ["filenames.pickle"] + ([] if hr else [f"{HR_LOAD_SIZE}images.pickle"])
     for path in (os.path.join(out_dir, split, name) for split in SPLITS for name in stale):
         if os.path.exists(path):
             os.remove(path)
@@ -276,7 +276,7 @@ def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, se
                                for split in SPLITS for name in os.listdir(os.path.join(out_dir, split))) / 1e6
     sizes = ", ".join(f"{split} {info['count']}" for split, info in summary["splits"].items())
     log(f"shapes dataset: {sizes} images ({len(SHAPES) * len(COLORS)} classes, "
-        f"{NUM_CAPTIONS} captions each, embeddings dim {EMBEDDING_DIM}"
+        f"{CAPTIONS_PER_IMAGE} captions each, embeddings dim {TEXT_EMBEDDING_DIM}"
         f"{', with 304 px' if hr else ', 76 px only'}) in {out_dir}: "
         f"{summary['megabytes']:.0f} MB of pickles in {summary['seconds']:.1f} s")
     return summary
@@ -287,7 +287,7 @@ def required_files(dataset_dir, hr=True):
     names = ["76images.pickle", "char-CNN-RNN-embeddings.pickle", "class_info.pickle",
              "attributes.json", "filenames.pickle"]
     if hr:
-        names.append(f"{LOAD_SIZE}images.pickle")
+        names.append(f"{HR_LOAD_SIZE}images.pickle")
     return [os.path.join(dataset_dir, split, name) for split in SPLITS for name in names]
 
 

@@ -52,25 +52,24 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from misc import experiment, safe_pickle, torch7  # noqa: E402
-from misc.config import ConfigError, load_config  # noqa: E402
-from misc.atomic import atomic_open  # noqa: E402
-from misc.image_utils import save_image  # noqa: E402
-from misc.sampling import (  # noqa: E402
-    CA_MATRIX,
+from misc import experiment, safe_pickle, torch7
+from misc.atomic import atomic_open
+from misc.checkpoints import describe_checkpoint
+from misc.config import ConfigError, load_config
+from misc.image_utils import save_image
+from misc.sampling import (
     MAX_COPIES,
     InputError,
     Sampler,
-    describe_checkpoint,
     draw_noise,
     expand_noise,
     load_generator,
     resolve_checkpoint_path,
 )
-from misc.superimages import stage_i_sheet, stage_ii_sheet  # noqa: E402
-from misc.tf1_checkpoint import CheckpointError  # noqa: E402
+from misc.superimages import stage_i_sheet, stage_ii_sheet
+from misc.tf1_checkpoint import CA_MATRIX, CheckpointError
 
 TYPED_OUTPUT = "demo_samples"
 EMBEDDING_SUFFIXES = (".npy", ".pickle", ".pkl")
@@ -123,7 +122,7 @@ def select_gpu(gpu_id):
 def read_lines(path, what):
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what} not found.")
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         return f.read().splitlines()
 
 

@@ -29,23 +29,27 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from misc import experiment  # noqa: E402
-from misc.config import ConfigError  # noqa: E402
-from misc.datasets import LOAD_SIZES, LR_SIZE, Split, load_dataset  # noqa: E402
-from misc.input_pipeline import training_dataset  # noqa: E402
+from misc import experiment
+from misc.config import ConfigError
+from misc.datasets import (
+    CAPTIONS_PER_IMAGE,
+    HR_LR_RATIO,
+    LOAD_SIZES,
+    LR_IMAGE_SIZE,
+    TEXT_EMBEDDING_DIM,
+    Split,
+    load_dataset,
+)
+from misc.input_pipeline import training_dataset
 
-HR_LR_RATIO = {1: 1, 2: 4}  # stage -> stored-image size ratio (misc.datasets.LOAD_SIZES)
 BIRDS_TRAIN_IMAGES = 8855  # CUB-200 training split, the reference dataset
-CAPTIONS_PER_IMAGE = 10
 NUM_CLASSES = 200
 MIB = 1024 * 1024
 
@@ -71,8 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=_positive, default=BIRDS_TRAIN_IMAGES,
                         help=f"synthetic images held in memory (default {BIRDS_TRAIN_IMAGES}, "
                              "the birds training split)")
-    parser.add_argument("--embedding-dim", type=_positive, default=1024,
-                        help="synthetic text-embedding size (default 1024, char-CNN-RNN)")
+    parser.add_argument("--embedding-dim", type=_positive, default=TEXT_EMBEDDING_DIM,
+                        help=f"synthetic text-embedding size (default {TEXT_EMBEDDING_DIM}, char-CNN-RNN)")
     parser.add_argument("--data", action="store_true",
                         help="use the configured dataset (DATA_DIR/DATASET_NAME) instead of "
                              "synthetic data")
@@ -145,6 +149,11 @@ def _load_average():
 
 # -- data -----------------------------------------------------------------
 
+def hr_lr_ratio(stage):
+    """The dataset's hr/lr ratio of a stage (which stored images it loads)."""
+    return HR_LR_RATIO if stage == 2 else 1
+
+
 class SyntheticSplit(Split):
     """A Split whose captions are placeholders: there are no text files."""
 
@@ -155,7 +164,7 @@ class SyntheticSplit(Split):
 def synthetic_split(num_images, stage, embedding_dim, seed=0):
     """Random data in the reference format: uint8 N x S x S x 3 images of the
     stored size, N x 10 x D float32 embeddings, names and class ids."""
-    ratio = HR_LR_RATIO[stage]
+    ratio = hr_lr_ratio(stage)
     size = LOAD_SIZES[ratio]
     rng = np.random.default_rng(seed)
     images = random_bytes(rng, num_images * size * size * 3).reshape(num_images, size, size, 3)
@@ -164,7 +173,7 @@ def synthetic_split(num_images, stage, embedding_dim, seed=0):
     class_ids = rng.integers(1, NUM_CLASSES + 1, size=num_images)
     filenames = [f"synthetic/{i:06d}" for i in range(num_images)]
     return SyntheticSplit(images, embeddings, filenames, class_ids, dataset_dir="",
-                          crop_size=LR_SIZE * ratio, name="train")
+                          crop_size=LR_IMAGE_SIZE * ratio, name="train")
 
 
 def random_bytes(rng, count):
@@ -175,7 +184,7 @@ def random_bytes(rng, count):
 
 
 def real_split(config, stage):
-    return load_dataset(config, hr_lr_ratio=HR_LR_RATIO[stage], splits=("train",)).train
+    return load_dataset(config, hr_lr_ratio=hr_lr_ratio(stage), splits=("train",)).train
 
 
 def data_info(split, synthetic):
@@ -199,14 +208,6 @@ def distributed_batches(split, config, gan, strategy):
 
 
 # -- model and step -------------------------------------------------------
-
-def build_gan(config, stage, embedding_dim, strategy):
-    if stage == 1:
-        from stageI.run_exp import build_gan as build
-    else:
-        from stageII.run_exp import build_gan as build
-    return build(config, embedding_dim, strategy)
-
 
 def compiled_step(gan, strategy, jit):
     """One distributed training step in a tf.function (as ``fit`` compiles
@@ -408,7 +409,7 @@ def main(argv=None, strategy=None):
     if split.steps_per_epoch(config.TRAIN.BATCH_SIZE) < 1:
         raise ConfigError(f"batch size {config.TRAIN.BATCH_SIZE} is larger than the "
                           f"{split.num_examples} images; raise --num-images or lower the batch.")
-    gan = build_gan(config, stage, split.embedding_dim, strategy)
+    gan = experiment.build_stage_gan(config, stage, split.embedding_dim, strategy)
     result = {
         "status": "ok",
         "machine": machine_info(),
@@ -420,7 +421,7 @@ def main(argv=None, strategy=None):
     key = gan.epoch_log_keys[0]
     try:
         raw = measure(step, iterator, key, args.steps, args.warmup)
-    except Exception as exc:  # noqa: BLE001 -- XLA can fail in many ways
+    except Exception as exc:  # any exception: XLA can fail in many ways
         if not args.jit:
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

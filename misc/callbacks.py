@@ -38,12 +38,13 @@ def _all_finite(variables):
 
 
 class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss, before anything is saved."""
+    """Stops training at the first non-finite loss, before anything is saved;
+    the error names the last snapshot ``snapshotter`` wrote."""
 
-    def __init__(self, gan, last_snapshot):
+    def __init__(self, gan, snapshotter):
         super().__init__()
         self.gan = gan
-        self.last_snapshot = last_snapshot  # callable -> path or None
+        self.snapshotter = snapshotter
 
     def on_train_batch_end(self, batch, logs=None):
         for key, value in (logs or {}).items():
@@ -51,7 +52,7 @@ class DivergenceGuard(keras.callbacks.Callback):
                 self.fail(f"{key[len(SUMMARY_PREFIX):]} is {float(value)}")
 
     def fail(self, what):
-        last = self.last_snapshot()
+        last = self.snapshotter.last_path
         keep = (f"The last good snapshot is {last}; resume from it with "
                 f"TRAIN.PRETRAINED_MODEL: {last}" if last else "No snapshot was written yet")
         raise TrainingDiverged(
@@ -60,8 +61,9 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class PeriodicSnapshot(keras.callbacks.Callback):
-    """Saves a snapshot every ``interval`` iterations (counter % interval == 0),
-    after checking that every weight is finite."""
+    """Saves a snapshot every ``interval`` iterations (counter % interval == 0)
+    and at the end, after checking that every weight is finite (``guard``
+    reports a weight that is not)."""
 
     def __init__(self, gan, snapshotter, interval, guard, log=print):
         super().__init__()
@@ -70,7 +72,6 @@ class PeriodicSnapshot(keras.callbacks.Callback):
         self.interval = interval
         self.guard = guard
         self.log = log
-        self.last_path = None
         self.last_counter = None
 
     def on_train_batch_end(self, batch, logs=None):
@@ -86,10 +87,10 @@ class PeriodicSnapshot(keras.callbacks.Callback):
     def save(self):
         if not _all_finite(self.gan.trainable_weights):
             self.guard.fail("a weight is not finite")
-        self.last_path = self.snapshotter.save()
+        path = self.snapshotter.save()
         self.last_counter = int(self.gan.counter.numpy())
-        self.log(f"\nModel saved in file: {self.last_path}")
-        return self.last_path
+        self.log(f"\nModel saved in file: {path}")
+        return path
 
 
 class TensorBoardSummaries(keras.callbacks.Callback):

@@ -39,17 +39,20 @@ def training_checkpoint(gan):
 
 
 class Snapshotter:
-    """Writes native snapshots into a run's log directory."""
+    """Writes native snapshots into a run's log directory; ``last_path`` is
+    the newest one it wrote (None before the first)."""
 
     def __init__(self, gan, directory, max_to_keep=5, keep_every_n_hours=2):
         self.gan = gan
         self.manager = tf.train.CheckpointManager(
             training_checkpoint(gan), directory, max_to_keep=max_to_keep,
             keep_checkpoint_every_n_hours=keep_every_n_hours, checkpoint_name="model")
+        self.last_path = None
 
     def save(self):
         """Save at the current counter; return the checkpoint prefix."""
-        return self.manager.save(checkpoint_number=int(self.gan.counter.numpy()))
+        self.last_path = self.manager.save(checkpoint_number=int(self.gan.counter.numpy()))
+        return self.last_path
 
 
 def latest_in_directory(path):

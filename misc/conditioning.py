@@ -10,7 +10,8 @@ class ConditioningAugmentation(keras.layers.Layer):
     """FC(text -> 2 * ef_dim) with leaky ReLU on the whole output, split into
     ``mean`` and ``log_sigma``; ``c = mean + exp(log_sigma) * eps`` with
     truncated-normal ``eps`` (also at test time), or ``c = mean`` without
-    augmentation (TRAIN.COND_AUGMENTATION False).
+    augmentation (TRAIN.COND_AUGMENTATION False); see
+    docs/reference_quirks.md#q1.
 
     The FC layer is named by the caller (``custom_fully_connected`` in the
     reference generator scopes).

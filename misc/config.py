@@ -5,9 +5,8 @@ YAML file may only override keys that exist, with values of the same type
 (the reference rules).  Keys marked "extension" do not exist in the reference
 and default to the reference behaviour.
 
-Code receives a config object explicitly (``load_config`` returns a fresh
-one); the module-level ``cfg`` and ``cfg_from_file`` exist for scripts written
-against the reference API.
+Code receives a config object explicitly: ``load_config`` returns a fresh
+one; ``cfg_from_file`` (the reference's name) merges a file into a given tree.
 """
 
 import numpy as np
@@ -22,7 +21,7 @@ def default_config():
     c.DATASET_NAME = "birds"
     c.EMBEDDING_TYPE = "cnn-rnn"
     c.CONFIG_NAME = ""
-    c.GPU_ID = 0
+    c.GPU_ID = 0  # the demo's GPU (demo/demo.py); training takes --gpu
     c.Z_DIM = 100
     c.DATA_DIR = "data"  # extension: where <DATASET_NAME>/ lives
     c.SEED = 0  # extension: seeds data order, noise and initial weights
@@ -67,9 +66,6 @@ def default_config():
     c.GAN.GF_DIM = 128
     c.GAN.NETWORK_TYPE = "default"
     return c
-
-
-cfg = default_config()
 
 
 class ConfigError(ValueError):
@@ -129,7 +125,7 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
 def read_yaml(filename):
     """Parse a YAML config file; errors name the file."""
     try:
-        with open(filename, "r", encoding="utf-8") as f:
+        with open(filename, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"{filename}: config file not found. Check the --cfg path.") from None
@@ -137,9 +133,8 @@ def read_yaml(filename):
         raise ConfigError(f"{filename}: not valid YAML ({exc}).") from None
 
 
-def cfg_from_file(filename, config=None):
-    """Merge a YAML file into ``config`` (default: the module ``cfg``)."""
-    config = cfg if config is None else config
+def cfg_from_file(filename, config):
+    """Merge a YAML file into the tree ``config``; returns it."""
     return merge_config(edict(read_yaml(filename) or {}), config, source=filename)
 
 

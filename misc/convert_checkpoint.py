@@ -40,15 +40,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from misc import experiment  # noqa: E402
-from misc.checkpoints import Snapshotter  # noqa: E402
-from misc.config import load_config  # noqa: E402
-from misc.sampling import (  # noqa: E402
-    StackGANGenerator,
-    describe_checkpoint,
-    load_generator,
-    load_reference_trainer,
-)
+from misc import experiment
+from misc.checkpoints import Snapshotter, describe_checkpoint
+from misc.config import load_config
+from misc.sampling import StackGANGenerator, load_generator, load_reference_trainer
 
 WEIGHTS_FILE = "generator.weights.h5"
 INFO_FILE = "conversion.json"

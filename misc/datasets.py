@@ -30,8 +30,18 @@ EMBEDDING_FILES = {
     "cnn-rnn": "char-CNN-RNN-embeddings.pickle",
     "skip-thought": "skip-thought-embeddings.pickle",
 }
-LR_SIZE = 64  # Stage-I image size; Stage-II uses LR_SIZE * hr_lr_ratio
-LOAD_SIZES = {1: 76, 4: 304}  # stored image size per hr/lr ratio
+# Image sizes.  The networks see LR_IMAGE_SIZE (Stage-I) and HR_LR_RATIO
+# times that (Stage-II) pixels; the datasets store larger images, which are
+# randomly cropped to those sizes (76 -> 64, 304 -> 256).
+LR_IMAGE_SIZE = 64
+HR_LR_RATIO = 4
+LR_LOAD_SIZE = 76
+HR_LOAD_SIZE = HR_LR_RATIO * LR_LOAD_SIZE
+LOAD_SIZES = {1: LR_LOAD_SIZE, HR_LR_RATIO: HR_LOAD_SIZE}  # stored image size per hr/lr ratio
+# The reference datasets: ten captions per image, char-CNN-RNN embeddings of
+# this size.
+CAPTIONS_PER_IMAGE = 10
+TEXT_EMBEDDING_DIM = 1024
 
 
 class DatasetError(Exception):
@@ -168,12 +178,13 @@ class TextDataset:
                 f"EMBEDDING_TYPE '{embedding_type}' is unknown; use one of "
                 f"{', '.join(EMBEDDING_FILES)}.")
         if hr_lr_ratio not in LOAD_SIZES:
-            raise DatasetError(f"hr_lr_ratio must be 1 (Stage-I) or 4 (Stage-II), got {hr_lr_ratio}.")
+            raise DatasetError(f"hr_lr_ratio must be 1 (Stage-I) or {HR_LR_RATIO} (Stage-II), "
+                               f"got {hr_lr_ratio}.")
         self.workdir = workdir
         self.hr_lr_ratio = hr_lr_ratio
         self.embedding_filename = EMBEDDING_FILES[embedding_type]
         self.image_filename = image_filename(hr_lr_ratio)
-        size = LR_SIZE * hr_lr_ratio
+        size = LR_IMAGE_SIZE * hr_lr_ratio
         self.image_shape = [size, size, 3]
         self.embedding_shape = None
         self.train = None

@@ -24,15 +24,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from data.generate_shapes import BACKGROUNDS, COLORS, SHAPES, SIZE_WORDS  # noqa: E402
-from misc import experiment  # noqa: E402
-from misc.config import load_config  # noqa: E402
-from misc.datasets import load_dataset  # noqa: E402
-from misc.image_utils import to_uint8  # noqa: E402
-from misc.sampling import Sampler, draw_noise, load_generator  # noqa: E402
-from misc.shapes_attributes import SCORED_ATTRIBUTES, chance_levels, measure  # noqa: E402
+from data.generate_shapes import BACKGROUNDS, COLORS, SHAPES, SIZE_WORDS
+from misc import experiment
+from misc.config import load_config
+from misc.datasets import load_dataset
+from misc.image_utils import to_uint8
+from misc.sampling import Sampler, draw_noise, load_generator
+from misc.shapes_attributes import SCORED_ATTRIBUTES, chance_levels, measure
 
 _VOCABULARY = {
     "shape": {w: w for w in SHAPES},

@@ -1,6 +1,7 @@
-"""What ``stageI/run_exp.py`` and ``stageII/run_exp.py`` share: the command
-line, the distribution strategy, the output folder, the training driver
-around ``keras.Model.fit`` and turning failures into one-line errors."""
+"""What the Stage-I and Stage-II experiments (``stageI/experiment.py``,
+``stageII/experiment.py``) share: the command line, the distribution
+strategy, the output folder, the training driver around ``keras.Model.fit``,
+the evaluation output layout and turning failures into one-line errors."""
 
 import argparse
 import datetime
@@ -9,8 +10,10 @@ import pprint
 import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from misc.atomic import write_text
 from misc.callbacks import (
     DivergenceGuard,
     EpochEnd,
@@ -22,7 +25,7 @@ from misc.callbacks import (
 )
 from misc.checkpoints import Snapshotter
 from misc.config import ConfigError, load_config
-from misc.datasets import DatasetError
+from misc.datasets import LR_IMAGE_SIZE, DatasetError
 from misc.input_pipeline import training_dataset
 from misc.tf1_checkpoint import CheckpointError
 
@@ -41,10 +44,11 @@ def parse_args(description, argv=None):
 
 def load_run_config(args):
     """The config of a run; also seeds the initial weights with SEED (data
-    order and noise are seeded from it too), so a run is repeatable."""
+    order and noise are seeded from it too), so a run is repeatable.  The
+    devices come from --gpu (``make_strategy``), not from GPU_ID."""
     config = load_config(args.cfg_file)
     if args.gpu is not None:
-        config.GPU_ID = parse_gpu_ids(args.gpu)[0]
+        parse_gpu_ids(args.gpu)  # a bad --gpu fails before anything is printed
     keras.utils.set_random_seed(config.SEED)
     return config
 
@@ -98,6 +102,15 @@ def _plain(tree):
     return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
+def build_stage_gan(config, stage, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
+    """The trainer of Stage ``stage`` (1 or 2): that stage's ``build_gan``."""
+    if stage == 1:
+        from stageI.experiment import build_gan
+    else:
+        from stageII.experiment import build_gan
+    return build_gan(config, embedding_dim, strategy, lr_size)
+
+
 def check_batch_size(batch_size, strategy):
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
@@ -129,8 +142,7 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
                                first_epoch=first_epoch, first_step=counter)
     snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=keep_every_n_hours)
     writer = tf.summary.create_file_writer(log_dir)
-    snapshot = None
-    guard = DivergenceGuard(gan, lambda: snapshot.last_path)
+    guard = DivergenceGuard(gan, snapshotter)
     snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard)
     callbacks = [
         LearningRateSchedule(gan, rate_for),
@@ -152,7 +164,25 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
         raise SystemExit(130) from None
     finally:
         writer.close()
-    return snapshot.last_path
+    return snapshotter.last_path
+
+
+def write_captions(captions, path):
+    """The captions of a preview's rows, as the reference's text summary."""
+    write_text("".join(f"\n***row {r}***\n{c}" for r, c in enumerate(captions)), path)
+
+
+def evaluation_dir(path, num_samples):
+    """Where the reference wrote evaluation samples: the checkpoint path
+    without '.ckpt', then '-1real-<n>samples'."""
+    stem = path[:path.find(".ckpt")] if ".ckpt" in path else path
+    return f"{stem}-1real-{num_samples}samples"
+
+
+def first_caption_embeddings(split, ids):
+    """The embedding of the first caption of each image (evaluation)."""
+    emb = split.embeddings[np.asarray(ids)]
+    return (emb[:, 0] if emb.ndim == 3 else emb).astype(np.float32)
 
 
 def run_main(main, argv=None):

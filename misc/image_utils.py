@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from misc.atomic import atomic_open, write_text  # noqa: F401 (write_text: re-exported)
+from misc.atomic import atomic_open
 
 
 def normalize_images(images):

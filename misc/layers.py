@@ -4,7 +4,7 @@ Each weighted layer knows the variable names the reference graph (prettytensor
 on TensorFlow 0.11) gave its variables, so checkpoints written by the
 reference can be mapped onto our models by name (``reference_variables``).
 
-Reference semantics reproduced here (see ../shared/golden/README.md, Q3-Q10):
+Reference semantics reproduced here (docs/reference_quirks.md#q3, #q6, #q9, #q10):
   * convolutions have no bias, kernels ~ truncated normal(0.02), SAME padding;
   * fully connected layers: weights ~ normal(0.02), bias 0, input flattened;
   * transposed convolutions (the 'simple' network): weights ~ normal(0.02);
@@ -239,7 +239,8 @@ def leaky_relu(x, leakiness=0.2):
 
 
 def resize_nearest(x, size):
-    """Legacy nearest-neighbour resize: source index = floor(dst * in / out).
+    """Legacy nearest-neighbour resize: source index = floor(dst * in / out)
+    (docs/reference_quirks.md#q6).
 
     For integer factors (all the networks use x2) that is each pixel
     repeated, computed as broadcast + reshape: the same values, and unlike
@@ -255,7 +256,8 @@ def resize_nearest(x, size):
 
 def downsample_like_reference(images, size):
     """The reference's legacy bilinear resize (no half-pixel shift); for an
-    integer ratio r it picks the top-left pixel of each r x r block."""
+    integer ratio r it picks the top-left pixel of each r x r block
+    (docs/reference_quirks.md#q6)."""
     return tf.raw_ops.ResizeBilinear(
         images=images, size=size, align_corners=False, half_pixel_centers=False)
 

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from misc.preprocessing import MissingDataError, convert_dataset, require_path, run_cli  # noqa: E402
+from misc.preprocessing import MissingDataError, convert_dataset, require_path, run_cli
 
 CUB_HINT = ("download CUB_200_2011.tgz (Caltech-UCSD Birds-200-2011) and extract it "
             "into {data_dir}")

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from misc.preprocessing import convert_dataset, require_path, run_cli  # noqa: E402
+from misc.preprocessing import convert_dataset, require_path, run_cli
 
 IMAGES_HINT = ("download 102flowers.tgz (Oxford 102 Category Flower Dataset) and extract "
                "it into {data_dir} so that {data_dir}/jpg/image_00001.jpg exists")

@@ -5,9 +5,9 @@ Every image in a dataset pickle goes through the same path:
 1. load it as RGB (``load_rgb``), or colourise an array (``to_rgb``);
 2. optionally crop it around its bounding box (``custom_crop``, birds only);
 3. byte-scale it to the full 0..255 range (``bytescale``) and resize it
-   bicubically to ``LOAD_SIZE`` (``prepare_image``);
+   bicubically to ``HR_LOAD_SIZE`` (``prepare_image``);
 4. make the low-resolution copy from that uint8 result (``resize_bicubic``
-   to ``LR_SIZE``).
+   to ``LR_LOAD_SIZE``).
 
 Step 3 reproduces the reference exactly: it read images as float and resized
 them with ``scipy.misc.imresize``, which byte-scales a float image before
@@ -25,11 +25,8 @@ import numpy as np
 from PIL import Image
 
 from misc import safe_pickle
+from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
 
-# The stage-II training images are 256 px crops of 304 px images, in the same
-# ratio as the 64 px stage-I crops of 76 px images (256 * 76 / 64 = 304).
-LOAD_SIZE = 304
-LR_SIZE = 76
 SPLITS = ("train", "test")
 PROGRESS_EVERY = 100
 
@@ -124,7 +121,7 @@ def resize_bicubic(img, size):
     return np.array(resized)
 
 
-def prepare_image(img, load_size=LOAD_SIZE, bbox=None):
+def prepare_image(img, load_size=HR_LOAD_SIZE, bbox=None):
     """Reference per-image preprocessing: RGB, optional bbox crop, byte-scale, resize.
 
     Returns uint8 (load_size, load_size, 3).
@@ -135,7 +132,7 @@ def prepare_image(img, load_size=LOAD_SIZE, bbox=None):
     return resize_bicubic(bytescale(img), load_size)
 
 
-def make_low_resolution(hr_img, lr_size=LR_SIZE):
+def make_low_resolution(hr_img, lr_size=LR_LOAD_SIZE):
     """The stage-I image: the prepared high-resolution image resized bicubically."""
     return resize_bicubic(hr_img, lr_size)
 
@@ -151,7 +148,7 @@ def require_path(path, what_to_do):
 
 
 def convert_split(split_dir, image_path_for_key, bbox_for_key=None,
-                  load_size=LOAD_SIZE, lr_size=LR_SIZE, log=print):
+                  load_size=HR_LOAD_SIZE, lr_size=LR_LOAD_SIZE, log=print):
     """Write ``<load_size>images.pickle`` and ``<lr_size>images.pickle`` for one split.
 
     The images are listed, in order, by ``<split_dir>/filenames.pickle``;

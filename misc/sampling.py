@@ -29,21 +29,21 @@ statistics), as the reference demo (``pt.Phase.test``): ``z ~ N(0, 1)``,
 ``eps`` and ``hr_eps`` truncated normal (|x| <= 2), unless given.
 """
 
-import dataclasses
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy import stats
 
-from misc.checkpoints import CheckpointInfo, describe_checkpoint, restore_objects
+from misc.checkpoints import describe_checkpoint, restore_objects
 from misc.config import ConfigError
-from misc.datasets import DatasetError
+from misc.datasets import HR_LR_RATIO, DatasetError
+from misc.experiment import build_stage_gan
 from misc.reference_import import LoadReport, import_reference_checkpoint
-from misc.tf1_checkpoint import CA_MATRIX, CheckpointError, ReferenceCheckpoint
+from misc.tf1_checkpoint import CheckpointError, ReferenceCheckpoint
 from stageI.model import NETWORK_TYPES, StageIGenerator
 
-HR_LR_RATIO = 4
 MAX_COPIES = 16  # the reference demo draws at most 16 samples per caption
 TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviations
 
@@ -51,8 +51,6 @@ TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviati
 class InputError(DatasetError):
     """Bad sampling input (embeddings, captions, noise); names the path and the fix."""
 
-
-# -- what a checkpoint holds -------------------------------------------------
 
 # -- the generators ---------------------------------------------------------
 
@@ -191,20 +189,6 @@ def load_generator(config, path, info=None):
     return model, report, info
 
 
-def build_trainer(config, stage, embedding_dim):
-    """The Stage-I or Stage-II trainer of a config (networks and optimizers)."""
-    if stage == 1:
-        from stageI.model import build_stage_i
-        from stageI.trainer import StageIGAN
-        return StageIGAN.from_config_tree(config, *build_stage_i(config, embedding_dim,
-                                                                  config.TEST.LR_IMSIZE))
-    from stageII.model import build_stage_ii
-    from stageII.trainer import StageIIGAN
-    image_sizes(config, 2)
-    return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim,
-                                                                config.TEST.LR_IMSIZE))
-
-
 def load_reference_trainer(config, path, optimizer_state=True):
     """A trainer of the checkpoint's stage with everything a reference
     checkpoint holds: networks, batch-norm statistics, Adam state, counters.
@@ -216,7 +200,8 @@ def load_reference_trainer(config, path, optimizer_state=True):
     _check_network_type(info, config)
     if info.stage == 2 and config.GAN.NETWORK_TYPE != "default":
         raise ConfigError("a Stage-II checkpoint needs GAN.NETWORK_TYPE 'default'.")
-    gan = build_trainer(config, info.stage, info.embedding_dim)
+    lr_size, _ = image_sizes(config, info.stage)
+    gan = build_stage_gan(config, info.stage, info.embedding_dim, lr_size=lr_size)
     report = import_reference_checkpoint(gan, info.path, optimizer_state=optimizer_state,
                                          network_type=info.network_type)
     return gan, report, info
@@ -224,21 +209,16 @@ def load_reference_trainer(config, path, optimizer_state=True):
 
 # -- noise and sampling ------------------------------------------------------
 
-def truncated_normal(rng, shape, bound=TRUNCATION):
-    """Standard normal values redrawn until |x| <= bound (tf.truncated_normal)."""
-    values = rng.standard_normal(shape)
-    outside = np.abs(values) > bound
-    while outside.any():
-        values[outside] = rng.standard_normal(int(outside.sum()))
-        outside = np.abs(values) > bound
-    return values.astype(np.float32)
-
-
 def draw_noise(rng, count, z_dim, ef_dim):
-    """Noise for ``count`` samples: z ~ N(0, 1), eps and hr_eps truncated normal."""
+    """Noise for ``count`` samples from the numpy Generator ``rng``:
+    z ~ N(0, 1), eps and hr_eps standard normal truncated to |x| <= 2."""
+
+    def truncated_normal(shape):
+        return stats.truncnorm.rvs(-TRUNCATION, TRUNCATION, size=shape, random_state=rng)
+
     return {"z": rng.standard_normal((count, z_dim)).astype(np.float32),
-            "eps": truncated_normal(rng, (count, ef_dim)),
-            "hr_eps": truncated_normal(rng, (count, ef_dim))}
+            "eps": truncated_normal((count, ef_dim)).astype(np.float32),
+            "hr_eps": truncated_normal((count, ef_dim)).astype(np.float32)}
 
 
 def expand_noise(noise, num_captions, num_copy, z_dim, ef_dim, stage, source="noise"):

@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from data.generate_shapes import (BACKGROUNDS, COLORS, POSITION_OFFSET, POSITIONS, SHAPES, SIZES,
-                                  draw_shape)
+from data.generate_shapes import BACKGROUNDS, COLORS, POSITION_OFFSET, POSITIONS, SHAPES, SIZES, draw_shape
+from misc.datasets import LR_IMAGE_SIZE, LR_LOAD_SIZE
 
 # Position is measured too but not scored by default: training flips images
 # left-right, so "left" and "right" are not something a model can learn.
@@ -41,7 +41,7 @@ ATTRIBUTE_VALUES = {"shape": tuple(SHAPES), "color": tuple(COLORS),
                     "background": tuple(BACKGROUNDS), "size": tuple(SIZES),
                     "position": tuple(POSITIONS)}
 
-CROP_SCALE = 76 / 64  # how much larger objects look in a training crop
+CROP_SCALE = LR_LOAD_SIZE / LR_IMAGE_SIZE  # how much larger objects look in a training crop
 MIN_OBJECT_PIXELS = 4
 
 _BG_NAMES = list(BACKGROUNDS)

@@ -27,7 +27,9 @@ from functools import lru_cache
 import numpy as np
 from scipy import sparse
 
-DEFAULT_DIM = 1024
+from misc.datasets import TEXT_EMBEDDING_DIM
+
+DEFAULT_DIM = TEXT_EMBEDDING_DIM  # the reference embeddings' size, so the same networks fit
 DEFAULT_SEED = 1234
 NUM_BUCKETS = 4096
 HASHES_PER_FEATURE = 3

@@ -4,7 +4,7 @@ The reference saved ``tf.train.Saver(tf.all_variables())`` checkpoints: V1
 single files (``model_82000.ckpt``, the published ``birds_model_164000.ckpt``)
 or V2 prefixes (``.index`` + ``.data-*``).  TensorFlow 2 reads both with
 ``tf.train.load_checkpoint``.  Variables are named by prettytensor's scheme
-(see ../shared/golden/README.md, section 2); our layers carry those names
+(docs/reference_quirks.md#names); our layers carry those names
 (``misc.layers.ReferenceLayer``), so importing is a by-name copy with a shape
 check for every variable.
 """

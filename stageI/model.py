@@ -3,9 +3,9 @@
 Layers are created in the reference's construction order, so the
 ``ReferenceNamer`` reproduces the reference variable names (``g_net/...``,
 ``d_net/...``) used to import the authors' checkpoints.  The quirks of the
-reference network are kept on purpose (golden README, Q4): no ReLU after the
-first FC + BN, none after the first block of each residual pair, and the
-discriminator's encoder has BN layers without an activation.
+reference network are kept on purpose (docs/reference_quirks.md#q4): no
+ReLU after the first FC + BN, none after the first block of each residual
+pair, and the discriminator's encoder has BN layers without an activation.
 """
 
 import keras
@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from misc.blocks import ConditionalLogit, LayerFactory, relu, up
 from misc.conditioning import ConditioningAugmentation
+from misc.datasets import LR_IMAGE_SIZE
 from misc.layers import BatchNorm, Chain, ReferenceNamer, leaky_relu, reference_variables
 
 NETWORK_TYPES = ("default", "simple")
@@ -102,7 +103,7 @@ class StageIGenerator(keras.Model):
 
     scope = "g_net"
 
-    def __init__(self, *, z_dim, ef_dim, gf_dim, image_size=64, network_type="default",
+    def __init__(self, *, z_dim, ef_dim, gf_dim, image_size=LR_IMAGE_SIZE, network_type="default",
                  cond_augmentation=True, name="g_net", **kwargs):
         super().__init__(name=name, **kwargs)
         check_network_type(network_type)
@@ -167,7 +168,7 @@ class StageIDiscriminator(keras.Model):
 
     scope = "d_net"
 
-    def __init__(self, *, df_dim, ef_dim, image_size=64, network_type="default",
+    def __init__(self, *, df_dim, ef_dim, image_size=LR_IMAGE_SIZE, network_type="default",
                  name="d_net", **kwargs):
         super().__init__(name=name, **kwargs)
         check_network_type(network_type)
@@ -188,7 +189,7 @@ class StageIDiscriminator(keras.Model):
         return reference_variables(self, self.scope)
 
 
-def build_stage_i(config, embedding_dim, image_size=64):
+def build_stage_i(config, embedding_dim, image_size=LR_IMAGE_SIZE):
     """Create the Stage-I generator and discriminator from a config tree and
     create their variables."""
     gan = config.GAN

@@ -3,7 +3,7 @@ its critic.  The Stage-I networks (``g_net``, ``d_net``) are those of
 ``stageI.model``; Stage-II adds ``hr_g_net`` and ``hr_d_net``.
 
 As in Stage-I, layers are created in the reference's construction order so
-that the reference variable names follow (golden README, section 2).
+that the reference variable names follow (docs/reference_quirks.md#names).
 """
 
 import keras
@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from misc.blocks import ConditionalLogit, LayerFactory, ResidualBlock, relu, up
 from misc.conditioning import ConditioningAugmentation
+from misc.datasets import LR_IMAGE_SIZE
 from misc.layers import Chain, ReferenceNamer, leaky_relu, reference_variables, tile_to_map, track_layers
 from stageI.model import StageIDiscriminator, StageIGenerator, check_image_size
 
@@ -28,7 +29,7 @@ class StageIIGenerator(keras.Model):
 
     scope = "hr_g_net"
 
-    def __init__(self, *, ef_dim, gf_dim, lr_size=64, cond_augmentation=True,
+    def __init__(self, *, ef_dim, gf_dim, lr_size=LR_IMAGE_SIZE, cond_augmentation=True,
                  name="hr_g_net", **kwargs):
         super().__init__(name=name, **kwargs)
         check_image_size(lr_size)
@@ -104,7 +105,7 @@ class StageIIDiscriminator(keras.Model):
 
     scope = "hr_d_net"
 
-    def __init__(self, *, df_dim, ef_dim, lr_size=64, name="hr_d_net", **kwargs):
+    def __init__(self, *, df_dim, ef_dim, lr_size=LR_IMAGE_SIZE, name="hr_d_net", **kwargs):
         super().__init__(name=name, **kwargs)
         check_image_size(lr_size)
         self.image_size = 4 * lr_size
@@ -120,7 +121,7 @@ class StageIIDiscriminator(keras.Model):
         return reference_variables(self, self.scope)
 
 
-def build_stage_ii(config, embedding_dim, lr_size=64):
+def build_stage_ii(config, embedding_dim, lr_size=LR_IMAGE_SIZE):
     """Create the four networks of Stage-II from a config tree (and their
     variables): Stage-I generator and discriminator, Stage-II generator and
     discriminator."""

@@ -6,30 +6,30 @@ Stage-I generator, eps for the Stage-II CA).  The Stage-I generator runs in
 training mode (batch statistics; its moving statistics update) but stays
 frozen.  The Stage-I discriminator's losses on the low-resolution images are
 computed and logged in the first update, as the reference did (which also
-updates that discriminator's moving statistics).
+updates that discriminator's moving statistics: docs/reference_quirks.md#q10).
 
 With FINETUNE_LR True there are four updates per batch: Stage-II D; Stage-II
 G together with the Stage-I G fine-tuned on the Stage-II G loss at
 FT_LR_RETIO * lr (both gradients from the same pre-update state); Stage-I D
-and Stage-I G on their own losses at FT_LR_RETIO * lr.
+and Stage-I G on their own losses at FT_LR_RETIO * lr
+(docs/reference_quirks.md#q14).
 """
 
 import tensorflow as tf
 
-from misc.gan_trainer import ConditionalGAN
+from misc.gan_trainer import GANTrainer, learning_rate_for_epoch
 from misc.image_utils import normalize_images
 from misc.layers import downsample_like_reference
 from misc.losses import generator_adversarial_loss
 from misc.optimizers import ReferenceAdam
-
-HR_LR_RATIO = 4
+from stageI.trainer import StageIUpdates
 
 
 def prefixed(prefix, values):
     return {prefix + k: v for k, v in values.items()}
 
 
-class StageIIGAN(ConditionalGAN):
+class StageIIGAN(GANTrainer):
     """Stage-II trainer.
 
     A batch holds ``images``, ``wrong_images`` (4s x 4s), ``embeddings`` and
@@ -41,13 +41,18 @@ class StageIIGAN(ConditionalGAN):
     epoch_log_keys = ("hr_d_loss", "hr_g_loss", "d_loss", "g_loss")
 
     def __init__(self, generator, discriminator, hr_generator, hr_discriminator, *,
-                 finetune_lr=False, name="stage_ii_gan", **kwargs):
+                 kl_coeff=2.0, use_wrong=True, cond_augmentation=True, finetune_lr=False,
+                 name="stage_ii_gan", **kwargs):
         super().__init__(name=name, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.hr_generator = hr_generator
         self.hr_discriminator = hr_discriminator
         self.finetune_lr = finetune_lr
+        # The Stage-I rules serve both stages: the Stage-II D and G losses
+        # are the Stage-I ones on the high-resolution networks.
+        self.updates = StageIUpdates(self.apply_gradients, kl_coeff=kl_coeff, use_wrong=use_wrong,
+                                     cond_augmentation=cond_augmentation)
 
     @classmethod
     def from_config_tree(cls, config, generator, discriminator, hr_generator, hr_discriminator):
@@ -132,12 +137,12 @@ class StageIIGAN(ConditionalGAN):
         emb = batch["embeddings"]
         g_out, hr_out = self.stage_ii_forward(emb, batch["d_eps"], batch["d_z"], batch["d_hr_eps"])
         fake = hr_out["images"] if hr_fake is None else hr_fake
-        hr_losses, hr_logits = self.update_critic(self.hr_discriminator, self.hr_d_optimizer,
-                                                  real, wrong, fake, emb)
-        hr_losses["g_loss"] = hr_losses["g_loss_fake"] + self.kl_term(hr_out)
-        lr_losses, lr_logits = self.update_critic(self.discriminator, None, lr_real, lr_wrong,
-                                                  g_out["images"], emb)
-        lr_losses["g_loss_kl_loss"] = self.kl_term(g_out)
+        hr_losses, hr_logits = self.updates.discriminator_update(
+            self.hr_discriminator, self.hr_d_optimizer, real, wrong, fake, emb)
+        hr_losses["g_loss"] = hr_losses["g_loss_fake"] + self.updates.kl_term(hr_out)
+        lr_losses, lr_logits = self.updates.discriminator_update(
+            self.discriminator, None, lr_real, lr_wrong, g_out["images"], emb)
+        lr_losses["g_loss_kl_loss"] = self.updates.kl_term(g_out)
         lr_losses["g_loss"] = lr_losses["g_loss_fake"] + lr_losses["g_loss_kl_loss"]
         outputs = {**g_out, **prefixed("hr_", hr_out), **lr_logits, **prefixed("hr_", hr_logits),
                    "lr_real_images": lr_real, "lr_wrong_images": lr_wrong}
@@ -157,17 +162,15 @@ class StageIIGAN(ConditionalGAN):
                 hr_out = self.hr_generator(g_out["images"], emb, batch["g_hr_eps"], training=True)
             fake_logit = self.hr_discriminator(hr_out["images"], emb, training=True)
             adversarial = generator_adversarial_loss(fake_logit)
-            hr_g_loss = adversarial + self.kl_term(hr_out)
+            hr_g_loss = adversarial + self.updates.kl_term(hr_out)
         hr_vars = self.hr_generator.trainable_weights
         grads = tape.gradient(hr_g_loss, hr_vars)
         if self.finetune_lr:
             g_vars = self.generator.trainable_weights
             ft_grads = tape.gradient(hr_g_loss, g_vars)
             del tape
-            self.ft_g_optimizer.apply_gradients(zip(ft_grads, g_vars))
-            self.global_step.assign_add(1)
-        self.hr_g_optimizer.apply_gradients(zip(grads, hr_vars))
-        self.global_step.assign_add(1)
+            self.apply_gradients(self.ft_g_optimizer, ft_grads, g_vars)
+        self.apply_gradients(self.hr_g_optimizer, grads, hr_vars)
         return {"hr_g_loss": hr_g_loss, "hr_g_loss_fake": adversarial}
 
     def train_step(self, batch):
@@ -180,11 +183,11 @@ class StageIIGAN(ConditionalGAN):
         if self.finetune_lr:
             _, _, lr_real, lr_wrong = self.images_of(batch)
             emb = batch["embeddings"]
-            ld_losses, _ = self.discriminator_run(
+            ld_losses, _ = self.updates.discriminator_step(
                 self.generator, self.discriminator, self.d_optimizer, lr_real, lr_wrong, emb,
                 batch["ld_eps"], batch["ld_z"])
-            lg_losses = self.generator_run(self.generator, self.discriminator, self.g_optimizer,
-                                           emb, batch["lg_eps"], batch["lg_z"])
+            lg_losses = self.updates.generator_step(self.generator, self.discriminator, self.g_optimizer,
+                                                    emb, batch["lg_eps"], batch["lg_z"])
             summaries.update({k: v for k, v in ld_losses.items() if k.startswith("d_")})
             summaries.update({k: lg_losses[k] for k in ("g_loss", "g_loss_kl_loss", "g_loss_fake")})
         else:
@@ -210,3 +213,13 @@ def base_learning_rates(config):
     return {"d_optimizer": train.DISCRIMINATOR_LR * ratio, "g_optimizer": train.GENERATOR_LR * ratio,
             "hr_d_optimizer": train.DISCRIMINATOR_LR, "hr_g_optimizer": train.GENERATOR_LR,
             "ft_g_optimizer": train.GENERATOR_LR * ratio}
+
+
+def learning_rate_schedule(config):
+    """``rate_for(optimizer name, epoch)``: the rates halve every
+    TRAIN.LR_DECAY_EPOCH epochs after TRAIN.PRETRAINED_EPOCH
+    (docs/reference_quirks.md#q13)."""
+    base = base_learning_rates(config)
+    train = config.TRAIN
+    return lambda name, epoch: learning_rate_for_epoch(
+        base[name], epoch, train.LR_DECAY_EPOCH, decay_after=train.PRETRAINED_EPOCH)

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from misc import safe_pickle
-from misc.datasets import DatasetError, TextDataset, load_dataset
 from misc.config import default_config
+from misc.datasets import DatasetError, TextDataset, load_dataset
 from misc.input_pipeline import noise_for_step, training_dataset
 from tiny_dataset import write_tiny_dataset
 
@@ -43,7 +43,8 @@ def test_python2_pickles_load(tmp_path):
     loaded = safe_pickle.load(str(tmp_path / "76images.pickle"))
     assert len(loaded) == 2 and loaded[0].dtype == np.uint8
     np.testing.assert_array_equal(loaded[1], images[1])
-    assert safe_pickle.load(str(tmp_path / "f.pickle"))[0] == "002.Laysan_Albatross/Laysan_Albatross_0002_1027"
+    first = safe_pickle.load(str(tmp_path / "f.pickle"))[0]
+    assert first == "002.Laysan_Albatross/Laysan_Albatross_0002_1027"
 
 
 class _Evil:

@@ -22,6 +22,7 @@ from demo import demo as demo_script
 from golden_support import TEXT_DIM, assert_close, load_arrays, tiny_config, unpack_checkpoint
 from misc import experiment, safe_pickle
 from misc.checkpoints import training_checkpoint
+from misc.sampling import draw_noise
 from misc.text_encoder import encode_captions
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
@@ -36,7 +37,8 @@ def write_config(path, checkpoint, num_copy=1, batch_size=4, gf_dim=16):
     c = tiny_config()
     with open(path, "w") as f:
         yaml.safe_dump({"Z_DIM": c.Z_DIM,
-                        "GAN": {"EMBEDDING_DIM": c.GAN.EMBEDDING_DIM, "GF_DIM": gf_dim, "DF_DIM": c.GAN.DF_DIM},
+                        "GAN": {"EMBEDDING_DIM": c.GAN.EMBEDDING_DIM, "GF_DIM": gf_dim,
+                                "DF_DIM": c.GAN.DF_DIM},
                         "TEST": {"PRETRAINED_MODEL": checkpoint, "NUM_COPY": num_copy,
                                  "BATCH_SIZE": batch_size}}, f)
     return path
@@ -105,7 +107,8 @@ def test_npy_embeddings_reproduce_the_reference_stage_ii(tmp_path, stage_ii_arra
     assert len(written) == 4
     check_stage_ii_sheets(str(tmp_path / "captions"), 4)
     raw = load_npz(out)
-    assert raw["fake_images"].shape == (4, 1, 64, 64, 3) and raw["hr_fake_images"].shape == (4, 1, 256, 256, 3)
+    assert raw["fake_images"].shape == (4, 1, 64, 64, 3)
+    assert raw["hr_fake_images"].shape == (4, 1, 256, 256, 3)
     assert_close("test/fake_images", raw["fake_images"][:, 0], a["test/fake_images"], atol=1e-4)
     assert_close("test/hr_fake_images", raw["hr_fake_images"][:, 0], a["test/hr_fake_images"], atol=1e-4)
     assert list(raw["captions"]) == CAPTIONS and int(raw["stage"]) == 2
@@ -191,7 +194,8 @@ def test_one_noise_set_reused_for_every_caption(tmp_path, native_stage_i):
     np.testing.assert_array_equal(raw["eps"], np.tile(noise["eps"], (3, 1)))
     emb = encode_captions(["a red bird", "1234 5678", "a blue flower"], dim=TEXT_DIM)
     for k in range(2):
-        expected = gan.sample(emb, np.repeat(noise["eps"][k:k + 1], 3, 0), np.repeat(noise["z"][k:k + 1], 3, 0))
+        expected = gan.sample(emb, np.repeat(noise["eps"][k:k + 1], 3, 0),
+                              np.repeat(noise["z"][k:k + 1], 3, 0))
         assert_close(f"copy {k}", raw["fake_images"][:, k], expected, atol=1e-5)
 
 
@@ -209,14 +213,16 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, native_stage_i, stage_i
     bad_t7 = str(tmp_path / "bad.t7")
     with open(bad_t7, "wb") as f:
         f.write(b"\x03\x00\x00\x00\x01\x00\x00\x00\xff\xff")
-    np.savez(str(tmp_path / "bad_noise.npz"), z=np.zeros((1, 9), np.float32), eps=np.zeros((1, 16), np.float32))
+    np.savez(str(tmp_path / "bad_noise.npz"), z=np.zeros((1, 9), np.float32),
+             eps=np.zeros((1, 16), np.float32))
     cases = [
         (["--caption_path", str(tmp_path / "nope.t7")], ["nope.t7", "not found"]),
         (["--caption_path", emb31], ["emb31.npy", "31 dimensions", f"takes {TEXT_DIM}", prefix]),
         (["--caption_path", lonely], ["lonely.txt", "--caption_file"]),
         (["--caption_path", two, "--caption_file", three_lines], ["three.txt", "3 captions", "2 embeddings"]),
         (["--caption_path", bad_t7], ["bad.t7", "get_embedding.lua"]),
-        (["--caption", "a bird", "--noise", str(tmp_path / "bad_noise.npz")], ["bad_noise.npz", "'z' has shape [1, 9]"]),
+        (["--caption", "a bird", "--noise", str(tmp_path / "bad_noise.npz")],
+         ["bad_noise.npz", "'z' has shape [1, 9]"]),
         (["--caption", "a bird", "--noise", str(tmp_path / "missing.npz")], ["missing.npz", "not found"]),
         ([], ["no captions", "--caption_path"]),
     ]
@@ -256,3 +262,16 @@ def test_command_line_error_from_the_repository_root(tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {junk}: not a TensorFlow checkpoint")
+
+
+def test_drawn_noise_is_seeded_and_eps_truncated_at_two_sigma():
+    first, again = (draw_noise(np.random.default_rng(5), 20000, 10, 16) for _ in range(2))
+    for key, width in (("z", 10), ("eps", 16), ("hr_eps", 16)):
+        assert first[key].shape == (20000, width) and first[key].dtype == np.float32
+        np.testing.assert_array_equal(first[key], again[key])
+    assert not np.array_equal(first["eps"], first["hr_eps"])
+    for key in ("eps", "hr_eps"):
+        assert np.max(np.abs(first[key])) <= 2.0
+        # a standard normal cut at +-2 has mean 0 and standard deviation 0.8796
+        assert abs(float(first[key].mean())) < 0.01 and abs(float(first[key].std()) - 0.8796) < 0.005
+    assert np.max(np.abs(first["z"])) > 3.0 and abs(float(first["z"].std()) - 1.0) < 0.005

@@ -13,14 +13,15 @@ from misc.config import load_config
 from misc.datasets import load_dataset
 from misc.evaluate_shapes import caption_attributes, consistency, format_table, main
 from misc.shapes_attributes import measure
-from stageI.run_exp import build_gan
+from stageI.experiment import build_gan
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate(str(root / "shapes"), num_train=30, num_test=40, seed=3, hr=False, log=lambda *a: None)
-    config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "stageI", "cfg", "shapes.yml"))
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config(os.path.join(repository, "stageI", "cfg", "shapes.yml"))
     config.DATA_DIR = str(root)
     config.TRAIN.BATCH_SIZE = 8
     return config

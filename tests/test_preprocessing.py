@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from misc import safe_pickle
+from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.preprocessing import bytescale, custom_crop, load_rgb, prepare_image, resize_bicubic
 
-from misc import safe_pickle  # noqa: E402
-from misc.preprocessing import (LOAD_SIZE, LR_SIZE, bytescale, custom_crop, load_rgb,  # noqa: E402
-                                prepare_image, resize_bicubic)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(name, *args):
@@ -64,14 +63,14 @@ def test_prepare_image_is_crop_bytescale_then_pillow_bicubic():
     rng = np.random.default_rng(0)
     img = (random_image(rng, 90, 130) // 2 + 40).astype(np.uint8)  # not full range
     bbox = [40, 20, 50, 30]
-    out = prepare_image(img, LOAD_SIZE, bbox)
+    out = prepare_image(img, HR_LOAD_SIZE, bbox)
     crop = bytescale(custom_crop(img, bbox))
     assert crop.min() == 0 and crop.max() == 255
-    expected = np.asarray(Image.fromarray(crop).resize((LOAD_SIZE, LOAD_SIZE), Image.BICUBIC))
-    assert out.shape == (LOAD_SIZE, LOAD_SIZE, 3) and out.dtype == np.uint8
+    expected = np.asarray(Image.fromarray(crop).resize((HR_LOAD_SIZE, HR_LOAD_SIZE), Image.BICUBIC))
+    assert out.shape == (HR_LOAD_SIZE, HR_LOAD_SIZE, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out, expected)
-    low = resize_bicubic(out, LR_SIZE)
-    assert low.shape == (LR_SIZE, LR_SIZE, 3) and low.dtype == np.uint8
+    low = resize_bicubic(out, LR_LOAD_SIZE)
+    assert low.shape == (LR_LOAD_SIZE, LR_LOAD_SIZE, 3) and low.dtype == np.uint8
 
 
 def test_load_rgb_and_prepare_image_colourise(tmp_path):
@@ -116,32 +115,32 @@ def make_fake_cub(root, rng):
 
 
 def check_split(split_dir, expected_hr):
-    hr = safe_pickle.load(str(split_dir / f"{LOAD_SIZE}images.pickle"))
-    lr = safe_pickle.load(str(split_dir / f"{LR_SIZE}images.pickle"))
+    hr = safe_pickle.load(str(split_dir / f"{HR_LOAD_SIZE}images.pickle"))
+    lr = safe_pickle.load(str(split_dir / f"{LR_LOAD_SIZE}images.pickle"))
     assert isinstance(hr, list) and isinstance(lr, list)
     assert len(hr) == len(lr) == len(expected_hr)
     for got_hr, got_lr, want in zip(hr, lr, expected_hr):
-        assert got_hr.dtype == np.uint8 and got_hr.shape == (LOAD_SIZE, LOAD_SIZE, 3)
-        assert got_lr.dtype == np.uint8 and got_lr.shape == (LR_SIZE, LR_SIZE, 3)
+        assert got_hr.dtype == np.uint8 and got_hr.shape == (HR_LOAD_SIZE, HR_LOAD_SIZE, 3)
+        assert got_lr.dtype == np.uint8 and got_lr.shape == (LR_LOAD_SIZE, LR_LOAD_SIZE, 3)
         np.testing.assert_array_equal(got_hr, want)
-        np.testing.assert_array_equal(got_lr, resize_bicubic(want, LR_SIZE))
+        np.testing.assert_array_equal(got_lr, resize_bicubic(want, LR_LOAD_SIZE))
 
 
 def test_preprocess_birds_writes_cropped_pickles_in_filename_order(tmp_path):
     cub, boxes = make_fake_cub(tmp_path, np.random.default_rng(1))
     result = run_script("preprocess_birds.py", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert f"train: 2 images -> {LOAD_SIZE}images.pickle (2, 304, 304, 3) uint8" in result.stdout
+    assert f"train: 2 images -> {HR_LOAD_SIZE}images.pickle (2, 304, 304, 3) uint8" in result.stdout
 
     def expected(key):
-        return prepare_image(load_rgb(cub / "images" / (key + ".jpg")), LOAD_SIZE, boxes[key])
+        return prepare_image(load_rgb(cub / "images" / (key + ".jpg")), HR_LOAD_SIZE, boxes[key])
 
     for split in ("train", "test"):
         keys = safe_pickle.load(str(tmp_path / split / "filenames.pickle"))
         check_split(tmp_path / split, [expected(k) for k in keys])
     # The crop really happened: the uncropped picture gives different pixels.
     key = safe_pickle.load(str(tmp_path / "train" / "filenames.pickle"))[1]
-    uncropped = prepare_image(load_rgb(cub / "images" / (key + ".jpg")), LOAD_SIZE)
+    uncropped = prepare_image(load_rgb(cub / "images" / (key + ".jpg")), HR_LOAD_SIZE)
     assert not np.array_equal(safe_pickle.load(str(tmp_path / "train" / "304images.pickle"))[1], uncropped)
 
 
@@ -157,7 +156,7 @@ def test_preprocess_flowers_writes_resized_pickles_in_filename_order(tmp_path):
     assert result.returncode == 0, result.stderr
     for split, split_keys in (("train", keys[:2]), ("test", keys[2:])):
         check_split(tmp_path / split,
-                    [prepare_image(load_rgb(tmp_path / (k + ".jpg")), LOAD_SIZE) for k in split_keys])
+                    [prepare_image(load_rgb(tmp_path / (k + ".jpg")), HR_LOAD_SIZE) for k in split_keys])
 
 
 def assert_one_line_error(result, *fragments):

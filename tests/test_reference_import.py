@@ -25,13 +25,7 @@ from misc import convert_checkpoint
 from misc.checkpoints import describe_checkpoint, resolve, restore_native, training_checkpoint
 from misc.config import default_config, load_config
 from misc.reference_import import import_reference_checkpoint
-from misc.sampling import (
-    Sampler,
-    StackGANGenerator,
-    describe_checkpoint,
-    load_generator,
-    load_reference_trainer,
-)
+from misc.sampling import Sampler, StackGANGenerator, load_generator, load_reference_trainer
 from misc.tf1_checkpoint import CheckpointError, leftover_kind, plan_import
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
@@ -181,12 +175,14 @@ def test_simple_network_checkpoint_round_trips(tmp_path):
     for net in gan.networks().values():
         for name, var in net.reference_variables().items():
             np.testing.assert_array_equal(var.numpy(), tensors[name], err_msg=name)
-    m, v = gan.g_optimizer.slots(gan.generator.reference_variables()["g_net/custom_deconv2d/custom_deconv2d/w"])
+    deconv = gan.generator.reference_variables()["g_net/custom_deconv2d/custom_deconv2d/w"]
+    m, v = gan.g_optimizer.slots(deconv)
     np.testing.assert_array_equal(m.numpy(), tensors["g_net/custom_deconv2d/custom_deconv2d/w/Adam"])
     assert int(gan.g_optimizer.iterations.numpy()) == 3
 
     info = describe_checkpoint(path)
-    assert (info.kind, info.stage, info.network_type, info.embedding_dim) == ("reference", 1, "simple", TEXT_DIM)
+    assert (info.kind, info.stage, info.network_type, info.embedding_dim) == (
+        "reference", 1, "simple", TEXT_DIM)
     model, report, _ = load_generator(config, path)
     assert sorted(report.filled) == sorted(gan.generator.reference_variables())
     assert all(n.startswith("d_net/") for n in report.not_needed) and report.unused == []
@@ -213,7 +209,7 @@ def test_tiny_fixture_through_the_importer(tmp_path, stage, form):
     path = unpack_checkpoint(stage, form, str(tmp_path))
     rows = manifest_rows(MANIFEST_TINY[stage])
     model_rows = sorted(n for n, (_, k) in rows.items() if k in MODEL_KINDS)
-    if form == "v1":  # the V2 files hold the same tensors (golden README, section 7)
+    if form == "v1":  # the V2 files hold the same tensors (docs/reference_quirks.md#checkpoints)
         gan, report, info = load_reference_trainer(tiny_config(), path)
         assert sorted(report.filled) == model_rows and report.unused == [] and report.not_needed == []
         assert {k: len(v) for k, v in report.leftovers.items()} == (
@@ -224,7 +220,8 @@ def test_tiny_fixture_through_the_importer(tmp_path, stage, form):
     model, report, info = load_generator(tiny_config(), path)
     assert info.stage == model.stage == (1 if stage == "stageI" else 2)
     assert sorted(report.filled) == sorted(n for n in model_rows if n.split("/")[0] in ("g_net", "hr_g_net"))
-    assert sorted(report.not_needed) == sorted(n for n in model_rows if n.split("/")[0] in ("d_net", "hr_d_net"))
+    critics = sorted(n for n in model_rows if n.split("/")[0] in ("d_net", "hr_d_net"))
+    assert sorted(report.not_needed) == critics
     a = load_arrays(stage)
     emb, eps = a["in/embeddings"], a["in/eps_test"]
     if stage == "stageI":  # the reference Stage-I sampler feeds z = 0
@@ -344,4 +341,5 @@ def test_reference_demo_configs_load_unchanged():
         assert evaluation.TRAIN.PRETRAINED_MODEL == model and evaluation.TRAIN.FLAG is False
         assert evaluation.EMBEDDING_TYPE == "cnn-rnn" and evaluation.TRAIN.NUM_COPY == 8
         for config in (demo, evaluation):
-            assert (config.Z_DIM, config.GAN.EMBEDDING_DIM, config.GAN.DF_DIM, config.GAN.GF_DIM) == (100, 128, 64, 128)
+            dims = (config.Z_DIM, config.GAN.EMBEDDING_DIM, config.GAN.DF_DIM, config.GAN.GF_DIM)
+            assert dims == (100, 128, 64, 128)

@@ -16,8 +16,8 @@ from misc import callbacks as callbacks_module
 from misc import experiment, safe_pickle
 from misc.checkpoints import restore_native
 from misc.datasets import load_dataset
-from stageI import run_exp as stage_i
-from stageII import run_exp as stage_ii
+from stageI import experiment as stage_i
+from stageII import experiment as stage_ii
 from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def run(main, name, **overrides):
-    """Run a run_exp main() on a tiny config; return its log directory."""
+    """Run a stage's main() (what run_exp.py runs) on a tiny config; return its log directory."""
     before = set(glob.glob("ckt_logs/*/*"))
     experiment.run_main(main, ["--cfg", write_config(f"{name}.yml", tiny_train_config(**overrides))])
     created = sorted(set(glob.glob("ckt_logs/*/*")) - before)
@@ -44,7 +44,8 @@ def summary_values(log_dir):
     for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for v in event.summary.value:
-                number = float(tf.make_ndarray(v.tensor)) if v.metadata.plugin_data.plugin_name == "scalars" else None
+                scalar = v.metadata.plugin_data.plugin_name == "scalars"
+                number = float(tf.make_ndarray(v.tensor)) if scalar else None
                 values.setdefault(v.tag, []).append((event.step, number))
     return values
 
@@ -56,7 +57,8 @@ def epoch_lines(text):
 def test_stage_i_trains_and_writes_snapshots_summaries_and_images(workdir, capsys):
     log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 4})
     # 12 images / batch 4 = 3 iterations per epoch: a snapshot at 4, and the final state
-    snapshots = sorted(os.path.basename(p)[:-len(".index")] for p in glob.glob(os.path.join(log_dir, "*.index")))
+    snapshots = sorted(os.path.basename(p)[:-len(".index")]
+                       for p in glob.glob(os.path.join(log_dir, "*.index")))
     assert snapshots == ["model-4", "model-6"]
     tags = summary_values(log_dir)
     for tag in ("d_loss", "d_loss_real", "d_loss_wrong", "d_loss_fake", "g_loss", "g_loss_kl_loss",

@@ -8,14 +8,23 @@ import sys
 import numpy as np
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from data.generate_shapes import (
+    BACKGROUNDS,
+    COLORS,
+    POSITION_OFFSET,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    class_id,
+    ensure_dataset,
+    generate,
+    required_files,
+)
+from misc import safe_pickle
+from misc.preprocessing import resize_bicubic
+from misc.shapes_attributes import ALL_ATTRIBUTES, chance_levels, measure, score
 
-from data.generate_shapes import (BACKGROUNDS, COLORS, POSITION_OFFSET, POSITIONS, SHAPES,  # noqa: E402
-                                  SIZES, class_id, ensure_dataset, generate, required_files)
-from misc import safe_pickle  # noqa: E402
-from misc.preprocessing import resize_bicubic  # noqa: E402
-from misc.shapes_attributes import ALL_ATTRIBUTES, chance_levels, measure, score  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PICKLES = ("76images.pickle", "304images.pickle", "char-CNN-RNN-embeddings.pickle",
            "class_info.pickle", "filenames.pickle")

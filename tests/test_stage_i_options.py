@@ -73,7 +73,7 @@ def test_without_wrong_images_the_loss_is_real_plus_fake_and_wrong_is_never_run(
         losses, _ = gan.discriminator_step(batch)
     assert "d_loss_wrong" not in losses
     assert float(losses["d_loss"]) == pytest.approx(float(losses["d_loss_real"] + losses["d_loss_fake"]))
-    d_layers = {id(l) for l in gan.discriminator._flatten_layers(include_self=False, recursive=True)
-                if isinstance(l, BatchNorm)}
+    d_layers = {id(layer) for layer in gan.discriminator._flatten_layers(include_self=False, recursive=True)
+                if isinstance(layer, BatchNorm)}
     d_calls = [layer for layer, _, _ in records if id(layer) in d_layers]
     assert len(d_calls) == 2 * len(d_layers)  # real and fake passes only

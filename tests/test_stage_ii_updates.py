@@ -1,4 +1,4 @@
-"""Stage-II update order and learning-rate ratios (golden README, Q14).
+"""Stage-II update order and learning-rate ratios (docs/reference_quirks.md#q14).
 
 FINETUNE_LR False: per batch, the Stage-II D then the Stage-II G update; the
 Stage-I networks only have their batch-norm statistics moved.
@@ -101,10 +101,10 @@ def test_finetuning_learning_rates_and_steps(finetune_run):
     after = {k: trainables(n) for k, n in gan.networks().items()}
     # A first Adam step moves a weight by at most its rate (the full rate for
     # ordinary gradients); the Stage-I G takes two steps of 0.1 lr.
-    assert max_step(before["hr_discriminator"], after["hr_discriminator"]) == pytest.approx(LR, **STEP_TOLERANCE)
-    assert max_step(before["hr_generator"], after["hr_generator"]) == pytest.approx(LR, **STEP_TOLERANCE)
-    assert max_step(before["discriminator"], after["discriminator"]) == pytest.approx(RATIO * LR, **STEP_TOLERANCE)
-    assert max_step(before["generator"], after["generator"]) == pytest.approx(2 * RATIO * LR, **STEP_TOLERANCE)
+    expected = {"hr_discriminator": LR, "hr_generator": LR, "discriminator": RATIO * LR,
+                "generator": 2 * RATIO * LR}
+    for name, step in expected.items():
+        assert max_step(before[name], after[name]) == pytest.approx(step, **STEP_TOLERANCE), name
 
 
 def test_finetuning_update_order(finetune_run):
@@ -119,7 +119,7 @@ def test_finetuning_update_order(finetune_run):
     def hr_g_loss():
         g_out, hr_out = replay.stage_ii_forward(emb, batch["g_eps"], batch["g_z"], batch["g_hr_eps"])
         logit = replay.hr_discriminator(hr_out["images"], emb, training=True)
-        return generator_adversarial_loss(logit) + replay.kl_term(hr_out)
+        return generator_adversarial_loss(logit) + replay.updates.kl_term(hr_out)
 
     assert_applied(first_moment(gan.hr_g_optimizer, gan.hr_generator),
                    gradient(hr_g_loss, replay.hr_generator), "Stage-II G")
@@ -133,20 +133,21 @@ def test_finetuning_update_order(finetune_run):
 
     def d_loss():
         fake = replay.generator(emb, batch["ld_eps"], batch["ld_z"], training=True)["images"]
-        losses, _ = replay.critic_losses(replay.discriminator, lr_real, lr_wrong, tf.stop_gradient(fake), emb)
+        losses, _ = replay.updates.discriminator_update(replay.discriminator, None, lr_real, lr_wrong,
+                                                        fake, emb)
         return losses["d_loss"]
 
     assert_applied(first_moment(gan.d_optimizer, gan.discriminator),
                    gradient(d_loss, replay.discriminator), "Stage-I D")
-    replay.discriminator_run(replay.generator, replay.discriminator, replay.d_optimizer,
-                             lr_real, lr_wrong, emb, batch["ld_eps"], batch["ld_z"])
+    replay.updates.discriminator_step(replay.generator, replay.discriminator, replay.d_optimizer,
+                                      lr_real, lr_wrong, emb, batch["ld_eps"], batch["ld_z"])
     np.testing.assert_equal(trainables(replay.discriminator), trainables(gan.discriminator))
 
     # 4. Stage-I G on its own loss, after update 3.
     def g_loss():
         g_out = replay.generator(emb, batch["lg_eps"], batch["lg_z"], training=True)
         logit = replay.discriminator(g_out["images"], emb, training=True)
-        return generator_adversarial_loss(logit) + replay.kl_term(g_out)
+        return generator_adversarial_loss(logit) + replay.updates.kl_term(g_out)
 
     assert_applied(first_moment(gan.g_optimizer, gan.generator),
                    gradient(g_loss, replay.generator), "Stage-I G")
@@ -156,7 +157,8 @@ def test_without_finetuning_the_stage_i_networks_stay_frozen():
     gan = StageIIGAN.from_config_tree(config(False), *build_stage_ii(config(False), TEXT_DIM))
     batch = batch_for(gan)
     assert not any(k.startswith(("ld_", "lg_")) for k in gan.noise_spec())
-    before = {k: {n: v.numpy() for n, v in net.reference_variables().items()} for k, net in gan.networks().items()}
+    before = {k: {n: v.numpy() for n, v in net.reference_variables().items()}
+              for k, net in gan.networks().items()}
     logs = gan.train_step(batch)
     for key in ("generator", "discriminator"):
         for name, var in gan.networks()[key].reference_variables().items():
@@ -167,6 +169,7 @@ def test_without_finetuning_the_stage_i_networks_stay_frozen():
     assert not np.array_equal(g_mean, before["generator"]["g_net/fc_batch_norm/batch_norm/mean"])
     d_mean = gan.discriminator.reference_variables()["d_net/conv_batch_norm/conv_batch_norm/mean"].numpy()
     assert not np.array_equal(d_mean, before["discriminator"]["d_net/conv_batch_norm/conv_batch_norm/mean"])
-    assert [int(o.iterations.numpy()) for o in (gan.d_optimizer, gan.g_optimizer, gan.ft_g_optimizer)] == [0, 0, 0]
+    stage_i_optimizers = (gan.d_optimizer, gan.g_optimizer, gan.ft_g_optimizer)
+    assert [int(o.iterations.numpy()) for o in stage_i_optimizers] == [0, 0, 0]
     assert int(gan.global_step.numpy()) == 2
     assert {"hr_d_loss", "hr_g_loss", "d_loss", "g_loss"} <= set(logs)

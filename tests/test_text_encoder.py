@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from misc.text_encoder import CaptionEncoder, content_words, encode_captions
 
-from misc.text_encoder import CaptionEncoder, content_words, encode_captions  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CAPTIONS = [
     "a small red circle on a blue background",
