@@ -125,20 +125,14 @@ class StageIIGAN(GANTrainer):
         hr_out = self.hr_generator(g_out["images"], embeddings, hr_eps, training=True)
         return g_out, hr_out
 
-    def hr_discriminator_step(self, batch, hr_fake=None):
+    def hr_discriminator_step(self, batch):
         """Update the Stage-II D; also the logged values of that run: both
-        stages' G losses and the Stage-I D losses on the LR images.
-
-        ``hr_fake`` replaces the generated Stage-II images as D's fake input
-        (both generators still run): for comparing the D update with another
-        implementation on identical inputs.
-        """
+        stages' G losses and the Stage-I D losses on the LR images."""
         real, wrong, lr_real, lr_wrong = self.images_of(batch)
         emb = batch["embeddings"]
         g_out, hr_out = self.stage_ii_forward(emb, batch["d_eps"], batch["d_z"], batch["d_hr_eps"])
-        fake = hr_out["images"] if hr_fake is None else hr_fake
         hr_losses, hr_logits = self.updates.discriminator_update(
-            self.hr_discriminator, self.hr_d_optimizer, real, wrong, fake, emb)
+            self.hr_discriminator, self.hr_d_optimizer, real, wrong, hr_out["images"], emb)
         hr_losses["g_loss"] = hr_losses["g_loss_fake"] + self.updates.kl_term(hr_out)
         lr_losses, lr_logits = self.updates.discriminator_update(
             self.discriminator, None, lr_real, lr_wrong, g_out["images"], emb)

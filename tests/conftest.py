@@ -14,10 +14,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import pytest
 import tensorflow as tf
-
-import keras  # noqa: E402
 
 THREADS = 2  # the suite's own machine; fixed so reductions split the same way everywhere
 tf.config.threading.set_intra_op_parallelism_threads(THREADS)

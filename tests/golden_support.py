@@ -16,6 +16,7 @@ float32 rounding, and the golden test modules' docstrings for why).
 """
 
 import contextlib
+import functools
 import glob
 import gzip
 import json
@@ -508,21 +509,9 @@ class GoldenStage:
         for update in self.updates:
             optimizer = getattr(gan, update.optimizer)
             step = getattr(gan, update.step)
-            optimizer_state = [v.numpy() for v in optimizer.variables]
-            global_step = gan.global_step.numpy()
-
-            def evaluate(values, inputs, feed=None):
-                """The update from ``values``; the optimizer is reset after."""
-                assign_values(nets, values)
-                with feed or contextlib.nullcontext():
-                    evaluation = evaluate_update(gan, nets, optimizer, step, inputs, update.d_call_labels)
-                evaluation.after = reference_values(nets)
-                for var, value in zip(optimizer.variables, optimizer_state):
-                    var.assign(value)
-                gan.global_step.assign(global_step)
-                return evaluation
-
-            noise = [evaluate(perturb_one_ulp(values, rng), perturb_one_ulp(batch, rng)) for values in noise_starts]
+            evaluate = functools.partial(self.evaluate_and_reset, gan, update)
+            noise = [evaluate(perturb_one_ulp(values, rng), perturb_one_ulp(batch, rng))
+                     for values in noise_starts]
             last = update is self.updates[-1]
             fed = evaluate(start, batch, self.fed_reference_images(gan)) if not last else None
             assign_values(nets, start)
@@ -541,6 +530,23 @@ class GoldenStage:
                 start = self.reference_state_after(update, fed.after)
                 noise_starts = [self.reference_state_after(update, n.after) for n in noise]
         return r
+
+    def evaluate_and_reset(self, gan, update, values, inputs, feed=None):
+        """``update`` from ``values``; the optimizer and global_step are
+        reset to where they were, so the real update can follow."""
+        nets = self.networks(gan)
+        optimizer = getattr(gan, update.optimizer)
+        optimizer_state = [v.numpy() for v in optimizer.variables]
+        global_step = gan.global_step.numpy()
+        assign_values(nets, values)
+        with feed or contextlib.nullcontext():
+            evaluation = evaluate_update(gan, nets, optimizer, getattr(gan, update.step), inputs,
+                                         update.d_call_labels)
+        evaluation.after = reference_values(nets)
+        for var, value in zip(optimizer.variables, optimizer_state):
+            var.assign(value)
+        gan.global_step.assign(global_step)
+        return evaluation
 
     def stored_keys(self, update, name):
         a = self.fx.arrays
@@ -595,7 +601,8 @@ class GoldenStage:
                     (f"step/{update.phase}/{name}/{slot_names[1]}", u["slots"][name][1], adam(2))):
                 if key in a:
                     expected = g64 if function is None else function(g64)
-                    check_update_array(key, value, a[key], expected, noise_sensitivity(g64, samples, function))
+                    noise_level = noise_sensitivity(g64, samples, function)
+                    check_update_array(key, value, a[key], expected, noise_level)
                     checked += 1
         moved = set(exact.gradients)
         if update.statistics_key:
@@ -611,7 +618,8 @@ class GoldenStage:
                         return moving - (moving - x) * np.float64(EMA_RATE)
 
                     for key, value, function in (
-                            (f"step/{update.statistics_key}/{label}/{stat}", ours.statistics[label][index], None),
+                            (f"step/{update.statistics_key}/{label}/{stat}",
+                             ours.statistics[label][index], None),
                             (f"step/{update.phase}/bn/{layer}/{stat}", after[f"{layer}/{stat}"], ema)):
                         if key in a:
                             expected = stats[index] if function is None else function(stats[index])
@@ -621,7 +629,8 @@ class GoldenStage:
             moved |= {f"{layer}/{stat}" for layer in names for stat in ("mean", "variance")}
         assert checked, f"the fixture stores no array of the update before {update.phase}"
         for name, value in after.items():  # what the update does not change is untouched
-            if name not in moved and not (update.statistics_key is None and name.endswith(("/mean", "/variance"))):
+            moving_statistic = name.endswith(("/mean", "/variance"))
+            if name not in moved and not (update.statistics_key is None and moving_statistic):
                 np.testing.assert_array_equal(value, start[name], err_msg=name)
         # The losses of the first update are forward values from the
         # checkpoint; a later update starts from a state out of float32 Adam.
@@ -630,8 +639,9 @@ class GoldenStage:
             if update is self.updates[0]:
                 assert_close(key, ours.loss(loss), a[key], atol=1e-5)
             else:
+                samples = [e.loss(loss) for e in (ours, *noise)]
                 check_update_array(key, ours.loss(loss), a[key], exact.loss(loss),
-                                   noise_sensitivity(exact.loss(loss), [e.loss(loss) for e in (ours, *noise)]))
+                                   noise_sensitivity(exact.loss(loss), samples))
         for (b1, b2), (_, _, _, sfx) in zip(u["powers"], gan.reference_optimizer_layout()):
             assert_close(f"beta1_power{sfx}", b1, a[f"step/{update.phase}/beta1_power{sfx}"], rtol=1e-6)
             assert_close(f"beta2_power{sfx}", b2, a[f"step/{update.phase}/beta2_power{sfx}"], rtol=1e-6)
@@ -648,7 +658,8 @@ class GoldenStage:
         before, after_d = r[phase]["start"], r[phase]["after"]
         d_stats = r[phase]["ours"].statistics
         ours_order = sequential_schedule(OUR_D_UPDATE_ORDER)
-        for layer in (l for scope in {n.split("/", 1)[0] for n in before} for l in bn_layers(before, scope)):
+        scopes = {n.split("/", 1)[0] for n in before}
+        for layer in (layer for scope in scopes for layer in bn_layers(before, scope)):
             tol = stat_tolerance(a[f"step/{phase}/bn/{layer}/variance"])
             for index, stat in enumerate(("mean", "variance")):
                 name = f"{layer}/{stat}"

@@ -210,8 +210,8 @@ def test_fresh_layer_gets_the_plain_ema(checkpoint, arrays):
         step(batch)
         for name in fresh:
             tol = stat_tolerance(arrays[f"fresh_ema/{phase}/{name.rsplit('/', 1)[0]}/variance"])
-            assert_close(f"fresh {phase} {name}", variables[name].numpy(), arrays[f"fresh_ema/{phase}/{name}"],
-                         **tol)
+            ref = arrays[f"fresh_ema/{phase}/{name}"]
+            assert_close(f"fresh {phase} {name}", variables[name].numpy(), ref, **tol)
 
 
 # -- the rule can fail -------------------------------------------------------------
