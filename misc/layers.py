@@ -158,6 +158,60 @@ def _replica_sum(values):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
+def channel_sums(x):
+    """Sum and sum of squares over all axes but the last (the single-pass
+    moments' sufficient statistics), with a one-pass gradient
+    ``d_total + 2 * d_total_sq * x`` (the same values as autodiff's, without
+    its two tiled copies of the per-channel gradients)."""
+    axes = list(range(x.shape.rank - 1))
+
+    @tf.custom_gradient
+    def sums(x):
+        def gradient(d_total, d_total_sq):
+            d_x = tf.zeros_like(x) if d_total is None else d_total
+            if d_total_sq is not None:
+                d_x = d_x + (2 * d_total_sq) * x
+            return d_x
+
+        return (tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes)), gradient
+
+    return sums(x)
+
+
+def normalize(x, mean, variance, offset, scale, epsilon):
+    """The reference's ``batch_normalization``: ``x * inv + (offset - mean *
+    inv)`` with ``inv = scale / sqrt(variance + epsilon)`` (per-channel
+    ``mean``, ``variance``, ``offset``, ``scale``).
+
+    In float32 the gradient -- to every input: batch statistics depend on
+    ``x`` too -- comes from TensorFlow's fused batch-norm gradient kernel
+    given the statistics (``FusedBatchNormGradV3``, one kernel for the input,
+    scale and offset gradients instead of five passes); the statistics'
+    gradients follow from the scale and offset ones.  Other dtypes (the
+    tests' float64) differentiate the formula itself."""
+    if x.dtype != tf.float32:
+        return tf.nn.batch_normalization(x, mean, variance, offset, scale, epsilon)
+
+    @tf.custom_gradient
+    def forward(x, mean, variance, offset, scale):
+        rsqrt = tf.math.rsqrt(variance + epsilon)
+        inv = rsqrt * scale
+
+        def gradient(dy):
+            maps = x if x.shape.rank == 4 else tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+            d_maps, d_scale, d_offset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=tf.reshape(dy, tf.shape(maps)), x=maps, scale=scale,
+                reserve_space_1=mean, reserve_space_2=variance, reserve_space_3=tf.zeros([0]),
+                epsilon=epsilon, data_format="NHWC", is_training=False)
+            d_mean = -inv * d_offset
+            d_variance = (-0.5 * scale) * d_scale * tf.square(rsqrt)
+            return tf.reshape(d_maps, tf.shape(x)), d_mean, d_variance, d_offset, d_scale
+
+        return x * inv + (offset - mean * inv), gradient
+
+    return forward(x, mean, variance, offset, scale)
+
+
 class BatchNorm(ReferenceLayer):
     """Batch normalisation with the reference (TF 0.11) semantics.
 
@@ -196,11 +250,9 @@ class BatchNorm(ReferenceLayer):
         """Single-pass moments over all axes but the last, across replicas."""
         dtype = accumulation_dtype(x.dtype)
         x = tf.cast(x, dtype)
-        axes = list(range(x.shape.rank - 1))
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), dtype)
-        total, total_sq, count = _replica_sum(
-            [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count]
-        )
+        total, total_sq = channel_sums(x)
+        total, total_sq, count = _replica_sum([total, total_sq, count])
         divisor = tf.math.reciprocal(count)
         mean = total * divisor
         variance = total_sq * divisor - tf.square(mean)
@@ -220,9 +272,8 @@ class BatchNorm(ReferenceLayer):
         else:
             mean, variance = self.moving_mean, self.moving_variance
         dtype = accumulation_dtype(x.dtype)
-        y = tf.nn.batch_normalization(
-            tf.cast(x, dtype), tf.cast(mean, dtype), tf.cast(variance, dtype),
-            tf.cast(self.beta, dtype), tf.cast(self.gamma, dtype), self.epsilon)
+        y = normalize(tf.cast(x, dtype), tf.cast(mean, dtype), tf.cast(variance, dtype),
+                      tf.cast(self.beta, dtype), tf.cast(self.gamma, dtype), self.epsilon)
         return tf.cast(y, x.dtype)
 
     def reference_variables(self):
@@ -235,23 +286,42 @@ class BatchNorm(ReferenceLayer):
 
 
 def leaky_relu(x, leakiness=0.2):
-    return tf.maximum(x, leakiness * x)
+    """``max(x, leakiness * x)`` (the reference's ``leaky_rectify``), as
+    TensorFlow's one-op ``LeakyRelu``: the same values for any leakiness
+    below 1, and one gradient op instead of five.  The two differ only in
+    the derivative at exactly 0, the kink, where ``Maximum``'s gradient
+    takes 1 and ``LeakyReluGrad`` the leakiness."""
+    return tf.nn.leaky_relu(x, alpha=leakiness)
 
 
 def resize_nearest(x, size):
     """Legacy nearest-neighbour resize: source index = floor(dst * in / out)
-    (docs/reference_quirks.md#q6).
+    (docs/reference_quirks.md#q6), the reference's ``ResizeNearestNeighbor``.
 
-    For integer factors (all the networks use x2) that is each pixel
-    repeated, computed as broadcast + reshape: the same values, and unlike
-    the resize op's gradient it compiles with XLA."""
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    if h and w and c and size[0] % h == 0 and size[1] % w == 0:
-        fh, fw = size[0] // h, size[1] // w
-        y = tf.broadcast_to(x[:, :, None, :, None, :], [tf.shape(x)[0], h, fh, w, fw, c])
-        return tf.reshape(y, [-1, size[0], size[1], c])
+    For integer factors (all the networks use x2) each pixel is repeated, so
+    the gradient is the sum over each factor x factor block; it is taken
+    with an average pool times the block size (exact: a power-of-two scale).
+    That is as fast as the op's own ``ResizeNearestNeighborGrad``, which XLA
+    cannot compile, and ~10x faster than differentiating a broadcast."""
+    h, w = x.shape[1], x.shape[2]
+    if h and w and size[0] % h == 0 and size[1] % w == 0:
+        return _repeat_pixels(x, (size[0] // h, size[1] // w))
+    return _resize_nearest_op(x, size)
+
+
+def _resize_nearest_op(x, size):
     return tf.raw_ops.ResizeNearestNeighbor(
         images=x, size=size, align_corners=False, half_pixel_centers=False)
+
+
+def _repeat_pixels(x, factors):
+    @tf.custom_gradient
+    def repeat(x):
+        def block_sum(dy):
+            pooled = tf.nn.avg_pool2d(dy, factors, factors, "VALID")
+            return pooled * tf.constant(factors[0] * factors[1], dy.dtype)
+        return _resize_nearest_op(x, (x.shape[1] * factors[0], x.shape[2] * factors[1])), block_sum
+    return repeat(x)
 
 
 def downsample_like_reference(images, size):
