@@ -3,7 +3,9 @@ batch size, through the real input pipeline and the real distributed step.
 
     python misc/benchmark.py --cfg stageI/cfg/birds.yml [--stage 1|2]
         [--steps 20] [--warmup 3] [--gpu 0[,1]] [--batch-size N]
-        [--num-images N] [--embedding-dim 1024] [--data] [--jit] [--json OUT]
+        [--num-images N] [--embedding-dim 1024] [--data]
+        [--xla auto|on|off] [--precision P] [--baseline REF [--baseline-cfg CFG]]
+        [--json OUT]
 
 Data is synthetic by default, in the reference format: random uint8 images of
 the stored size (76 x 76 for Stage-I, 304 x 304 for Stage-II) and random
@@ -11,13 +13,23 @@ N x 10 x D text embeddings, held in a ``misc.datasets.Split`` in memory, so
 no dataset is needed (``--data`` uses the configured dataset instead).
 Batches come from ``misc.input_pipeline.training_dataset`` distributed with
 the training strategy (``misc.experiment.make_strategy``), and each step is
-``strategy.run(gan.train_step, ...)`` inside a ``tf.function``, as
+``strategy.run(gan.train_step, ...)`` inside a ``tf.function``, compiled with
+XLA when the trainer's ``fit`` would (TRAIN.XLA, ``--xla``), as
 ``keras.Model.fit`` runs it.  Callbacks (snapshots, summaries, progress bar)
 are not part of the measurement.
 
 Every step is timed from the request for its batch until its loss has been
 copied to the host (which waits for the device), after the warmup steps
 (the first of which traces and compiles the step).
+
+``--baseline REF`` times the working tree against a git commit (any
+revision: a hash, a branch, HEAD) side by side: REF is extracted to a
+temporary folder, each tree runs its own step in its own process
+(``misc/benchmark_worker.py``), and the two alternate one iteration at a time
+(A B, B A, ...), so both see the same machine conditions; it prints both
+medians and their ratio.  Both use ``--cfg`` unless ``--baseline-cfg`` names
+the baseline's (a config with keys the older code does not know fails there).
+Both processes hold their data and networks at once.
 """
 
 import argparse
@@ -26,7 +38,10 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -80,8 +95,12 @@ def parse_args(argv=None):
     parser.add_argument("--data", action="store_true",
                         help="use the configured dataset (DATA_DIR/DATASET_NAME) instead of "
                              "synthetic data")
-    parser.add_argument("--jit", action="store_true",
-                        help="compile the step with XLA (jit_compile=True)")
+    experiment.add_step_arguments(parser)
+    parser.add_argument("--baseline", default=None, metavar="REF",
+                        help="also time the git revision REF, alternating single iterations "
+                             "with the working tree, and print the ratio")
+    parser.add_argument("--baseline-cfg", default=None, metavar="CFG",
+                        help="the baseline's config file (default: --cfg)")
     parser.add_argument("--json", dest="json_out", default=None,
                         help="also write the figures to this JSON file")
     return parser.parse_args(argv)
@@ -336,8 +355,8 @@ def config_info(config, args, stage, strategy, gan, embedding_dim):
         "FINETUNE_LR": bool(config.TRAIN.FINETUNE_LR) if stage == 2 else None,
         "text_embedding_dim": embedding_dim,
         "devices": replica_devices(strategy),
-        "jit": bool(args.jit),
-        "fit_would_jit": bool(gan.jit_compile),
+        "xla": bool(gan.jit_compile),
+        "precision": gan.compute_policy(),
     }
 
 
@@ -354,7 +373,7 @@ def format_report(result):
         f"{c['replicas']} replica(s) x {c['batch_per_replica']}, GF_DIM {c['GF_DIM']}, "
         f"DF_DIM {c['DF_DIM']}, EMBEDDING_DIM {c['EMBEDDING_DIM']}, Z_DIM {c['Z_DIM']}, "
         f"text embedding {c['text_embedding_dim']}, "
-        f"XLA {'on' if c['jit'] else 'off'} (fit would use {'XLA' if c['fit_would_jit'] else 'no XLA'})",
+        f"XLA {'on' if c['xla'] else 'off'}, precision {c['precision']}",
         f"data:    {d['source']}, {d['num_images']} images {d['stored_size']}x{d['stored_size']} "
         f"cropped to {d['crop_size']}, {d['in_memory_mib']} MiB in memory",
     ]
@@ -397,6 +416,8 @@ def main(argv=None, strategy=None):
     """Run the benchmark; returns the figures (also printed, and written
     with --json).  ``strategy`` replaces ``make_strategy`` (for tests)."""
     args = parse_args(argv)
+    if args.baseline:
+        return side_by_side(args)
     config = load_config(args)
     stage = args.stage or default_stage(config)
     if strategy is None:
@@ -417,16 +438,17 @@ def main(argv=None, strategy=None):
         "data": data_info(split, synthetic=not args.data),
     }
     iterator = distributed_batches(split, config, gan, strategy)
-    step = compiled_step(gan, strategy, args.jit)
+    jit = bool(gan.jit_compile)
+    step = compiled_step(gan, strategy, jit)
     key = gan.epoch_log_keys[0]
     try:
         raw = measure(step, iterator, key, args.steps, args.warmup)
     except Exception as exc:  # any exception: XLA can fail in many ways
-        if not args.jit:
+        if not jit:
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         result["status"] = "jit_failed"
-        result["error"] = (f"the step does not compile with XLA (--jit): "
+        result["error"] = (f"the step does not compile with XLA (--xla off trains without): "
                            f"{type(exc).__name__}: {first_line}")
     else:
         result["results"] = summarize(raw, config.TRAIN.BATCH_SIZE, args.warmup)
@@ -434,6 +456,174 @@ def main(argv=None, strategy=None):
     if args.json_out:
         write_json(result, args.json_out)
     return result
+
+
+# -- side by side with a git revision ----------------------------------------
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPOSITORY, "misc", "benchmark_worker.py")
+
+
+def resolve_revision(ref, repository=REPOSITORY):
+    """The commit hash of a git revision of this repository."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", repository, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise ConfigError(f"--baseline {ref}: git is not available ({exc.strerror}).") from None
+    if done.returncode != 0:
+        raise ConfigError(f"--baseline {ref}: not a commit of the git repository {repository}.")
+    return done.stdout.strip()
+
+
+def extract_revision(commit, destination, repository=REPOSITORY):
+    """The files of ``commit`` (``git archive``) into ``destination``."""
+    with subprocess.Popen(["git", "-C", repository, "archive", "--format=tar", commit],
+                          stdout=subprocess.PIPE) as archive:
+        with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
+            tar.extractall(destination, filter="data")
+    if archive.returncode != 0:
+        raise ConfigError(f"--baseline: git archive of {commit} failed.")
+
+
+def worker_options(args, cfg, own_step_options):
+    """The benchmark options a side's worker gets (its --cfg; the options
+    every benchmark version knows, plus --xla/--precision for this tree)."""
+    options = ["--cfg", os.path.abspath(cfg), "--warmup", str(args.warmup),
+               "--num-images", str(args.num_images), "--embedding-dim", str(args.embedding_dim)]
+    for flag, value in (("--stage", args.stage), ("--batch-size", args.batch_size), ("--gpu", args.gpu)):
+        if value is not None:
+            options += [flag, str(value)]
+    if args.data:
+        options.append("--data")
+    if own_step_options:
+        for flag, value in (("--xla", args.xla), ("--precision", args.precision)):
+            if value is not None:
+                options += [flag, value]
+    return options
+
+
+class Worker:
+    """A benchmark worker process (``misc/benchmark_worker.py``) for one tree."""
+
+    def __init__(self, name, root, options, log_dir, env=None):
+        self.name = name
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen([sys.executable, WORKER, root, *options], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1,
+                                        env=env)
+        self.info = None
+
+    def read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            self.log.flush()
+            with open(self.log_path, errors="replace") as f:
+                tail = [t for t in f.read().strip().splitlines() if t.strip()][-1:]
+            raise ConfigError(f"the {self.name} benchmark worker stopped (exit {self.process.returncode}): "
+                              f"{tail[0] if tail else 'no output'}")
+        return line
+
+    def ready(self):
+        self.info = json.loads(self.read())
+        return self.info
+
+    def step(self):
+        self.process.stdin.write("step\n")
+        seconds, waited = (float(v) for v in self.read().split())
+        return seconds, waited
+
+    def finish(self):
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        final = json.loads(self.read())
+        self.process.wait()
+        return final
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def alternate(sides, steps):
+    """``steps`` rounds, one iteration of each side per round, the order
+    reversed every other round; returns each side's step times."""
+    times = {side.name: [] for side in sides}
+    for index in range(steps):
+        for side in (sides if index % 2 == 0 else sides[::-1]):
+            times[side.name].append(side.step()[0])
+    return times
+
+
+def compare(times, current="working tree", baseline="baseline"):
+    """Medians of each side and their ratio (current / baseline); also the
+    median and range of the per-round ratios."""
+    ours, theirs = times[current], times[baseline]
+    rounds = [a / b for a, b in zip(ours, theirs)]
+    return {
+        "median_s": {current: statistics.median(ours), baseline: statistics.median(theirs)},
+        "ratio": statistics.median(ours) / statistics.median(theirs),
+        "round_ratio_median": statistics.median(rounds),
+        "round_ratio_min": min(rounds),
+        "round_ratio_max": max(rounds),
+        "rounds": len(rounds),
+    }
+
+
+def side_by_side(args):
+    """``--baseline``: the working tree against a git revision, alternating."""
+    commit = resolve_revision(args.baseline)
+    machine = machine_info()
+    with tempfile.TemporaryDirectory(prefix="stackgan-baseline-") as tmp:
+        baseline_root = os.path.join(tmp, "tree")
+        extract_revision(commit, baseline_root)
+        sides = [Worker("working tree", REPOSITORY, worker_options(args, args.cfg_file, True), tmp),
+                 Worker("baseline", baseline_root,
+                        worker_options(args, args.baseline_cfg or args.cfg_file, False), tmp)]
+        try:
+            start = {side.name: side.ready() for side in sides}
+            times = alternate(sides, args.steps)
+            final = {side.name: side.finish() for side in sides}
+        finally:
+            for side in sides:
+                side.close()
+    result = {"status": "ok", "machine": machine, "baseline": args.baseline,
+              "baseline_commit": commit, "cfg_file": args.cfg_file,
+              "baseline_cfg_file": args.baseline_cfg or args.cfg_file,
+              "sides": {name: {**start[name], **final[name], "step_times": times[name]} for name in times},
+              "comparison": compare(times), "load_average_1min_end": _load_average()}
+    print(format_comparison(result))
+    if args.json_out:
+        write_json(result, args.json_out)
+    return result
+
+
+def format_comparison(result):
+    m, c = result["machine"], result["comparison"]
+    lines = [
+        "StackGAN training benchmark, side by side",
+        f"machine: {m['cpu']}, {m['cpu_cores']} cores ({m['cpu_cores_usable']} usable); "
+        f"GPUs: {', '.join(m['gpus']) or 'none'}; TensorFlow {m['tensorflow']}; load average "
+        f"{m['load_average_1min_start']} at the start, {result['load_average_1min_end']} at the end",
+        f"config: {result['cfg_file']} (baseline: {result['baseline_cfg_file']})",
+    ]
+    for name, side in result["sides"].items():
+        label = name
+        if name == "baseline":
+            label = f"baseline {result['baseline']} ({result['baseline_commit'][:10]})"
+        lines.append(f"  {label}: median {c['median_s'][name]:.4g} s/iteration, "
+                     f"XLA {'on' if side['xla'] else 'off'}, batch {side['batch_size']}, "
+                     f"first step {side['first_step_s']:.1f} s, "
+                     f"peak host memory {side['peak_host_memory_mib']} MiB")
+    lines.append(f"ratio (working tree / baseline, medians of {c['rounds']} alternated iterations each): "
+                 f"{c['ratio']:.3f}  (per-round ratios: median {c['round_ratio_median']:.3f}, "
+                 f"{c['round_ratio_min']:.3f}-{c['round_ratio_max']:.3f})")
+    return "\n".join(lines)
 
 
 def cli(argv=None):

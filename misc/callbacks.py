@@ -4,6 +4,7 @@ TensorBoard summaries, per-epoch sample images and the epoch log line."""
 
 import math
 import sys
+import time
 
 import keras
 import numpy as np
@@ -157,3 +158,26 @@ class Progress(keras.callbacks.ProgbarLogger):
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, self._visible(logs))
+
+
+class FirstStepTime(keras.callbacks.Callback):
+    """Prints how long the first training step took: tracing the step and,
+    with XLA, compiling it (later steps reuse the compiled program)."""
+
+    def __init__(self, jit, out=None):
+        super().__init__()
+        self.jit = jit
+        self.out = out  # default: the current sys.stdout
+        self.start = None
+        self.reported = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.reported:
+            self.reported = True
+            what = "trace and XLA compile" if self.jit else "trace"
+            print(f"First step ({what}, then one iteration): {time.perf_counter() - self.start:.1f} s",
+                  file=self.out or sys.stdout, flush=True)

@@ -59,6 +59,14 @@ def default_config():
     c.TRAIN.FINETUNE_LR = False
     c.TRAIN.FT_LR_RETIO = 0.1
 
+    # extension: how the training step runs (misc/acceleration.py): XLA
+    # 'auto' (on CPUs, where it is measured faster), 'on' or 'off'; PRECISION
+    # 'float32', 'mixed' (float16 on GPUs, bfloat16 on CPUs that have it),
+    # 'mixed_float16' or 'mixed_bfloat16'
+    c.TRAIN.XLA = "auto"
+    c.TRAIN.PRECISION = "float32"
+    c.TRAIN.INTRA_OP_THREADS = 0  # extension: threads per CPU op (0: TensorFlow's, all cores)
+
     # Model options
     c.GAN = edict()
     c.GAN.EMBEDDING_DIM = 128
@@ -114,6 +122,8 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
                 hint = f" Write {value}.0 to give a float."
             elif isinstance(old, float) and isinstance(value, str):
                 hint = " YAML reads numbers such as 2e-4 as strings; write 2.0e-4 or 0.0002."
+            elif isinstance(old, str) and isinstance(value, bool):
+                hint = " YAML reads unquoted on/off/yes/no as booleans; quote the word ('on')."
             raise ConfigError(
                 f"{source}: config key '{path}' expects {_type_name(old)}, "
                 f"got {_type_name(value)} ({value!r}).{hint}"

@@ -13,10 +13,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from misc.acceleration import PRECISIONS, XLA_SETTINGS, check_settings, configure_threads, describe
 from misc.atomic import write_text
 from misc.callbacks import (
     DivergenceGuard,
     EpochEnd,
+    FirstStepTime,
     LearningRateSchedule,
     PeriodicSnapshot,
     Progress,
@@ -39,7 +41,18 @@ def parse_args(description, argv=None):
     parser.add_argument("--gpu", dest="gpu", default=None, type=str,
                         help="GPU id(s) to use, e.g. 0 or 0,1 (default: all visible GPUs; "
                              "CPU when there is none)")
+    add_step_arguments(parser)
     return parser.parse_args(argv)
+
+
+def add_step_arguments(parser):
+    """--xla and --precision: override TRAIN.XLA and TRAIN.PRECISION."""
+    parser.add_argument("--xla", choices=XLA_SETTINGS, default=None,
+                        help="compile the training step with XLA: auto (on CPUs), on, off "
+                             "(default: TRAIN.XLA)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="float32, mixed (float16 on GPUs, bfloat16 on CPUs that have it), "
+                             "mixed_float16, mixed_bfloat16 (default: TRAIN.PRECISION)")
 
 
 def load_run_config(args):
@@ -49,6 +62,12 @@ def load_run_config(args):
     config = load_config(args.cfg_file)
     if args.gpu is not None:
         parse_gpu_ids(args.gpu)  # a bad --gpu fails before anything is printed
+    if getattr(args, "xla", None) is not None:
+        config.TRAIN.XLA = args.xla
+    if getattr(args, "precision", None) is not None:
+        config.TRAIN.PRECISION = args.precision
+    check_settings(config)
+    configure_threads(config)
     keras.utils.set_random_seed(config.SEED)
     return config
 
@@ -145,6 +164,7 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
     guard = DivergenceGuard(gan, snapshotter)
     snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard)
     callbacks = [
+        FirstStepTime(gan.jit_compile),
         LearningRateSchedule(gan, rate_for),
         guard,
         snapshot,
@@ -152,6 +172,7 @@ def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
         Progress(),  # before EpochEnd, so the bar's line is finished first
         EpochEnd(gan, lambda epoch: preview(epoch, writer)),
     ]
+    print(describe(config, gan.jit_compile, gan.compute_policy()))
     print(f"Training from iteration {counter} (epoch {first_epoch}), "
           f"{steps} iterations per epoch, logs in {log_dir}")
     try:

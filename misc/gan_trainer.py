@@ -19,6 +19,7 @@ optimizer).
 import keras
 import tensorflow as tf
 
+from misc.acceleration import LossScaleOptimizer
 from misc.losses import replica_total
 
 SUMMARY_PREFIX = "summary/"
@@ -69,6 +70,7 @@ class GANTrainer(keras.Model):
         self.global_step = keras.Variable(0, dtype="int64", trainable=False, name="global_step",
                                           aggregation="only_first_replica")
         self.trackers = {k: keras.metrics.Mean(name=k) for k in self.epoch_log_keys}
+        self._scalers = {}  # id(optimizer) -> its LossScaleOptimizer (float16)
 
     @property
     def metrics(self):
@@ -82,9 +84,32 @@ class GANTrainer(keras.Model):
         """Name -> network, for checkpoints."""
         raise NotImplementedError
 
+    def compute_policy(self):
+        """The dtype policy the networks compute in (e.g. ``mixed_bfloat16``)."""
+        return next(iter(self.networks().values())).dtype_policy.name
+
+    def use_loss_scaling(self):
+        """Wrap every optimizer in a dynamic loss scale (float16 training).
+        The optimizers themselves stay what the checkpoints hold; the
+        scales are not saved (a resumed run starts again at 2^15)."""
+        self._scalers = {}
+        for optimizer in self.optimizers().values():
+            scaler = LossScaleOptimizer(optimizer)
+            scaler.build(optimizer._trainable_variables)
+            self._scalers[id(optimizer)] = scaler
+
+    def scale_loss(self, optimizer, loss):
+        """The loss to differentiate for ``optimizer``'s update: scaled by its
+        dynamic loss scale under float16, else itself.  Call it inside the
+        gradient tape."""
+        scaler = self._scalers.get(id(optimizer))
+        return loss if scaler is None else scaler.scale_loss(loss)
+
     def apply_gradients(self, optimizer, gradients, variables):
-        """One optimizer application (one step of the reference's ``global_step``)."""
-        optimizer.apply_gradients(zip(gradients, variables))
+        """One optimizer application (one step of the reference's
+        ``global_step``); under loss scaling the gradients are unscaled, and
+        a step with non-finite gradients is skipped (and lowers the scale)."""
+        self._scalers.get(id(optimizer), optimizer).apply_gradients(zip(gradients, variables))
         self.global_step.assign_add(1)
 
     def finish_step(self, epoch_values, summaries, histograms):

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
+from misc.acceleration import dtype_policy, dtype_policy_name
 from misc.checkpoints import check_embedding_dim, describe_checkpoint, restore_native
 from misc.datasets import LR_IMAGE_SIZE, load_dataset
 from misc.image_utils import save_image, superimage, to_uint8
@@ -26,7 +27,7 @@ def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
     """The Stage-I trainer of a config (networks and optimizers) for
     ``lr_size`` images, its variables created under ``strategy`` (default:
     the current one)."""
-    with (strategy or tf.distribute.get_strategy()).scope():
+    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(dtype_policy_name(config)):
         generator, discriminator = build_stage_i(config, embedding_dim, lr_size)
         return StageIGAN.from_config_tree(config, generator, discriminator)
 

@@ -10,6 +10,7 @@ networks it fine-tunes.
 
 import tensorflow as tf
 
+from misc.acceleration import use_xla
 from misc.gan_trainer import GANTrainer, learning_rate_for_epoch
 from misc.image_utils import normalize_images
 from misc.losses import discriminator_losses, generator_adversarial_loss, kl_loss
@@ -20,13 +21,15 @@ class StageIUpdates:
     """The reference's Stage-I updates on given networks and optimizers.
 
     ``apply_gradients(optimizer, gradients, variables)`` applies one update
-    (the trainer's, which also counts ``global_step``).  ``kl_coeff``,
+    (the trainer's, which also counts ``global_step``); ``scale_loss(optimizer,
+    loss)`` is the loss to differentiate for it (loss scaling under float16).  ``kl_coeff``,
     ``use_wrong`` and ``cond_augmentation`` are TRAIN.COEFF.KL, TRAIN.B_WRONG
     and TRAIN.COND_AUGMENTATION.
     """
 
-    def __init__(self, apply_gradients, *, kl_coeff=2.0, use_wrong=True, cond_augmentation=True):
+    def __init__(self, apply_gradients, scale_loss, *, kl_coeff=2.0, use_wrong=True, cond_augmentation=True):
         self.apply_gradients = apply_gradients
+        self.scale_loss = scale_loss
         self.kl_coeff = kl_coeff
         self.use_wrong = use_wrong
         self.cond_augmentation = cond_augmentation
@@ -65,8 +68,9 @@ class StageIUpdates:
             return self._discriminator_passes(discriminator, real, wrong, fake, embeddings)
         with tf.GradientTape() as tape:
             losses, logits = self._discriminator_passes(discriminator, real, wrong, fake, embeddings)
+            objective = self.scale_loss(optimizer, losses["d_loss"])
         variables = discriminator.trainable_weights
-        self.apply_gradients(optimizer, tape.gradient(losses["d_loss"], variables), variables)
+        self.apply_gradients(optimizer, tape.gradient(objective, variables), variables)
         return losses, logits
 
     def discriminator_step(self, generator, discriminator, optimizer, real, wrong, embeddings, eps, z):
@@ -89,8 +93,9 @@ class StageIUpdates:
             adversarial = generator_adversarial_loss(fake_logit)
             kl = self.kl_term(g_out)
             g_loss = adversarial + kl
+            objective = self.scale_loss(optimizer, g_loss)
         variables = generator.trainable_weights
-        self.apply_gradients(optimizer, tape.gradient(g_loss, variables), variables)
+        self.apply_gradients(optimizer, tape.gradient(objective, variables), variables)
         return {"g_loss": g_loss, "g_loss_kl_loss": kl, "g_loss_fake": adversarial}
 
 
@@ -111,15 +116,18 @@ class StageIGAN(GANTrainer):
         super().__init__(name=name, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
-        self.updates = StageIUpdates(self.apply_gradients, kl_coeff=kl_coeff, use_wrong=use_wrong,
-                                     cond_augmentation=cond_augmentation)
+        self.updates = StageIUpdates(self.apply_gradients, self.scale_loss, kl_coeff=kl_coeff,
+                                     use_wrong=use_wrong, cond_augmentation=cond_augmentation)
 
     @classmethod
     def from_config_tree(cls, config, generator, discriminator):
         train = config.TRAIN
         gan = cls(generator, discriminator, kl_coeff=train.COEFF.KL, use_wrong=train.B_WRONG,
                   cond_augmentation=train.COND_AUGMENTATION)
-        gan.compile(**{name: ReferenceAdam(rate) for name, rate in base_learning_rates(config).items()})
+        gan.compile(**{name: ReferenceAdam(rate) for name, rate in base_learning_rates(config).items()},
+                    jit_compile=use_xla(config))
+        if generator.compute_dtype == "float16":
+            gan.use_loss_scaling()
         return gan
 
     def compile(self, g_optimizer, d_optimizer, **kwargs):

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
+from misc.acceleration import dtype_policy, dtype_policy_name
 from misc.checkpoints import check_embedding_dim, copy_trainable_weights, describe_checkpoint, restore_native
 from misc.datasets import HR_LR_RATIO, LR_IMAGE_SIZE, load_dataset
 from misc.image_utils import save_image, superimage, to_uint8
@@ -33,7 +34,7 @@ def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
     """The Stage-II trainer of a config (the four networks and five
     optimizers) for ``lr_size`` Stage-I images, its variables created under
     ``strategy`` (default: the current one)."""
-    with (strategy or tf.distribute.get_strategy()).scope():
+    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(dtype_policy_name(config)):
         return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim, lr_size))
 
 

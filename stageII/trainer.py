@@ -17,6 +17,7 @@ and Stage-I G on their own losses at FT_LR_RETIO * lr
 
 import tensorflow as tf
 
+from misc.acceleration import use_xla
 from misc.gan_trainer import GANTrainer, learning_rate_for_epoch
 from misc.image_utils import normalize_images
 from misc.layers import downsample_like_reference
@@ -51,8 +52,8 @@ class StageIIGAN(GANTrainer):
         self.finetune_lr = finetune_lr
         # The Stage-I rules serve both stages: the Stage-II D and G losses
         # are the Stage-I ones on the high-resolution networks.
-        self.updates = StageIUpdates(self.apply_gradients, kl_coeff=kl_coeff, use_wrong=use_wrong,
-                                     cond_augmentation=cond_augmentation)
+        self.updates = StageIUpdates(self.apply_gradients, self.scale_loss, kl_coeff=kl_coeff,
+                                     use_wrong=use_wrong, cond_augmentation=cond_augmentation)
 
     @classmethod
     def from_config_tree(cls, config, generator, discriminator, hr_generator, hr_discriminator):
@@ -61,7 +62,10 @@ class StageIIGAN(GANTrainer):
                   kl_coeff=train.COEFF.KL, use_wrong=train.B_WRONG,
                   cond_augmentation=train.COND_AUGMENTATION, finetune_lr=train.FINETUNE_LR)
         rates = base_learning_rates(config)
-        gan.compile(**{name: ReferenceAdam(rate) for name, rate in rates.items()})
+        gan.compile(**{name: ReferenceAdam(rate) for name, rate in rates.items()},
+                    jit_compile=use_xla(config))
+        if hr_generator.compute_dtype == "float16":
+            gan.use_loss_scaling()
         return gan
 
     def compile(self, d_optimizer, g_optimizer, hr_d_optimizer, hr_g_optimizer, ft_g_optimizer,
@@ -157,11 +161,14 @@ class StageIIGAN(GANTrainer):
             fake_logit = self.hr_discriminator(hr_out["images"], emb, training=True)
             adversarial = generator_adversarial_loss(fake_logit)
             hr_g_loss = adversarial + self.updates.kl_term(hr_out)
+            objective = self.scale_loss(self.hr_g_optimizer, hr_g_loss)
+            if self.finetune_lr:
+                ft_objective = self.scale_loss(self.ft_g_optimizer, hr_g_loss)
         hr_vars = self.hr_generator.trainable_weights
-        grads = tape.gradient(hr_g_loss, hr_vars)
+        grads = tape.gradient(objective, hr_vars)
         if self.finetune_lr:
             g_vars = self.generator.trainable_weights
-            ft_grads = tape.gradient(hr_g_loss, g_vars)
+            ft_grads = tape.gradient(ft_objective, g_vars)
             del tape
             self.apply_gradients(self.ft_g_optimizer, ft_grads, g_vars)
         self.apply_gradients(self.hr_g_optimizer, grads, hr_vars)

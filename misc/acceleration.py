@@ -1,0 +1,160 @@
+"""How the training step runs: XLA compilation and mixed precision.
+
+Both are config choices (``TRAIN.XLA``, ``TRAIN.PRECISION``; the trainers'
+``--xla`` and ``--precision`` flags override them) resolved here against the
+devices the run trains on (and ``TRAIN.INTRA_OP_THREADS``, the threads of
+one CPU op, is set here):
+
+* ``TRAIN.XLA``: ``'auto'`` compiles the step with XLA where that was
+  measured faster (README, Performance): on CPUs whose TensorFlow kernels do
+  not go through oneDNN (TF_ENABLE_ONEDNN_OPTS=0; XLA is slower than
+  oneDNN's kernels, TensorFlow's default on x86), not on GPUs, where it has
+  not been measured, nor under op determinism (which Keras does not
+  compile); ``'on'`` and ``'off'`` force it.
+* ``TRAIN.PRECISION``: ``'float32'`` (the reference); ``'mixed'`` computes
+  in float16 on GPUs (with dynamic loss scaling) and in bfloat16 on CPUs
+  that have native bfloat16 arithmetic (AVX512_BF16 or AMX), keeping float32
+  weights, optimizer state, batch-norm statistics and losses (float32 where
+  there is no native bfloat16); ``'mixed_float16'`` and ``'mixed_bfloat16'``
+  force one.
+"""
+
+import contextlib
+import os
+
+import keras
+import tensorflow as tf
+
+from misc.config import ConfigError
+
+XLA_SETTINGS = ("auto", "on", "off")
+PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
+CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def configure_threads(config, log=print):
+    """``TRAIN.INTRA_OP_THREADS`` (0: TensorFlow's default, all cores): how
+    many threads one CPU op may use.  Small networks run faster with one (the
+    cores then run independent ops side by side instead of splitting small
+    ones); TensorFlow takes it only before it starts."""
+    threads = config.TRAIN.INTRA_OP_THREADS
+    if threads < 0:
+        raise ConfigError(f"TRAIN.INTRA_OP_THREADS is {threads}; use 0 (TensorFlow's choice) or more.")
+    if threads == 0 or tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        log(f"TRAIN.INTRA_OP_THREADS {threads}: TensorFlow has already started in this process; "
+            f"keeping {tf.config.threading.get_intra_op_parallelism_threads() or 'its default'}.")
+
+
+def check_settings(config):
+    """Fail with a one-line error on an unknown TRAIN.XLA / TRAIN.PRECISION."""
+    for key, value, valid in (("XLA", config.TRAIN.XLA, XLA_SETTINGS),
+                              ("PRECISION", config.TRAIN.PRECISION, PRECISIONS)):
+        if value not in valid:
+            raise ConfigError(f"TRAIN.{key} is {value!r}; use one of "
+                              f"{', '.join(repr(v) for v in valid)}.")
+
+
+def training_on_gpu():
+    """Whether the step runs on GPUs (the visible logical devices)."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def use_xla(config):
+    """Whether to compile the training step with XLA (``TRAIN.XLA``)."""
+    check_settings(config)
+    setting = config.TRAIN.XLA
+    if setting == "auto":
+        # Keras does not compile under op determinism (not every op has a
+        # deterministic XLA kernel), which the tests switch on.
+        return not training_on_gpu() and not onednn_enabled() and not op_determinism_enabled()
+    return setting == "on"
+
+
+def onednn_enabled():
+    """Whether TensorFlow runs its CPU kernels through oneDNN (the default on
+    x86 Linux and Windows; TF_ENABLE_ONEDNN_OPTS=0 turns it off).  TensorFlow
+    has no public getter; its tests ask the same function."""
+    try:
+        from tensorflow.python.util._pywrap_util_port import IsMklEnabled
+    except ImportError:
+        return False
+    return bool(IsMklEnabled())
+
+
+def op_determinism_enabled():
+    """``tf.config.experimental.enable_op_determinism()`` is on (TensorFlow
+    has no public getter; Keras asks the same function)."""
+    try:
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+    except ImportError:
+        return False
+    return is_op_determinism_enabled()
+
+
+def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether the CPU computes in bfloat16 natively (Linux: its flags)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in CPU_BFLOAT16_FLAGS)
+
+
+def dtype_policy_name(config, log=print):
+    """The Keras dtype policy of the networks for ``TRAIN.PRECISION``."""
+    check_settings(config)
+    precision = config.TRAIN.PRECISION
+    if precision != "mixed":
+        return precision
+    if training_on_gpu():
+        return "mixed_float16"
+    if cpu_has_native_bfloat16():
+        return "mixed_bfloat16"
+    log("TRAIN.PRECISION 'mixed': this CPU has no native bfloat16 arithmetic "
+        f"({' or '.join(CPU_BFLOAT16_FLAGS)}); training in float32.")
+    return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Layers created inside the block take the Keras dtype policy ``name``
+    (their variables stay float32 under the mixed policies)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def needs_loss_scaling(policy_name):
+    """float16 gradients underflow without loss scaling; bfloat16 has
+    float32's exponent range and needs none."""
+    return policy_name == "mixed_float16"
+
+
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling, with the finiteness check agreed over all
+    replicas: each replica checks its own (not yet all-reduced) gradients, and
+    replicas that disagreed would skip or apply the update differently."""
+
+    def check_finite(self, grads):
+        finite = super().check_finite(grads)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return finite
+        all_finite = ctx.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, tf.float32))
+        return all_finite > 0
+
+
+def describe(config, jit, policy_name):
+    """One line for the run's log."""
+    devices = "GPU" if training_on_gpu() else "CPU"
+    return (f"Training step: XLA {'on' if jit else 'off'} (TRAIN.XLA {config.TRAIN.XLA!r}), "
+            f"precision {policy_name} (TRAIN.PRECISION {config.TRAIN.PRECISION!r}) on {devices} "
+            f"({os.cpu_count()} CPU cores)")
