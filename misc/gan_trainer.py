@@ -121,5 +121,6 @@ class GANTrainer(keras.Model):
         self.counter.assign_add(1)
         logs = {key: tracker.result() for key, tracker in self.trackers.items()}
         logs.update({SUMMARY_PREFIX + k: v for k, v in summaries.items()})
-        logs.update({HISTOGRAM_PREFIX + k: gather_batch(v) for k, v in histograms.items()})
+        logs.update({HISTOGRAM_PREFIX + k: gather_batch(tf.cast(v, tf.float32))
+                     for k, v in histograms.items()})
         return logs

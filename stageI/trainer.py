@@ -181,9 +181,10 @@ class StageIGAN(GANTrainer):
         return self.finish_step(epoch_values, summaries, {"hist_c": d_out["c"], "hist_z": batch["d_z"]})
 
     def sample(self, embeddings, eps=None, z=None):
-        """Inference-mode images (moving BN statistics); ``z=None`` draws
-        fresh noise, pass zeros for the reference trainer's sampler."""
-        return self.generator(embeddings, eps, z, training=False)["images"]
+        """Inference-mode images (moving BN statistics), float32 whatever the
+        compute precision; ``z=None`` draws fresh noise, pass zeros for the
+        reference trainer's sampler."""
+        return tf.cast(self.generator(embeddings, eps, z, training=False)["images"], tf.float32)
 
 
 def base_learning_rates(config):

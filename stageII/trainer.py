@@ -199,11 +199,11 @@ class StageIIGAN(GANTrainer):
         return self.finish_step(epoch_values, summaries, histograms)
 
     def sample(self, embeddings, eps=None, z=None, hr_eps=None):
-        """Inference-mode Stage-I and Stage-II images (random z and eps
-        unless given, as the reference sampler)."""
+        """Inference-mode Stage-I and Stage-II images, float32 (random z and
+        eps unless given, as the reference sampler)."""
         lr = self.generator(embeddings, eps, z, training=False)["images"]
         hr = self.hr_generator(lr, embeddings, hr_eps, training=False)["images"]
-        return lr, hr
+        return tf.cast(lr, tf.float32), tf.cast(hr, tf.float32)
 
 
 def base_learning_rates(config):

@@ -321,13 +321,14 @@ def recorded_batch_statistics(networks):
 @contextlib.contextmanager
 def recorded_gradients(optimizer, names):
     """Keep ``{reference name: gradient}`` of what ``optimizer`` applies
-    inside the block (it still applies them)."""
+    inside the block (it still applies them); tensors, symbolic inside a
+    ``tf.function``."""
     gradients = {}
     apply = optimizer.apply_gradients
 
     def observed(pairs):
         pairs = list(pairs)
-        gradients.update({names[id(v)]: g.numpy() for g, v in pairs})
+        gradients.update({names[id(v)]: g for g, v in pairs})
         return apply(pairs)
 
     object.__setattr__(optimizer, "apply_gradients", observed)
@@ -382,7 +383,29 @@ def evaluate_update(gan, networks, optimizer, step, batch, d_call_labels):
         with recorded_gradients(optimizer, variable_names(networks)) as gradients:
             losses = step(batch)
     statistics = label_statistics(records, bn_layer_names(networks), d_call_labels)
-    return Evaluation(gradients, statistics, losses)
+    return Evaluation({k: g.numpy() for k, g in gradients.items()}, statistics, losses)
+
+
+def evaluate_update_with_xla(gan, networks, optimizer, step, batch, d_call_labels):
+    """``evaluate_update`` with the step compiled by XLA: the gradients and
+    batch statistics recorded while tracing are outputs of the compiled
+    function."""
+    traced = {}
+
+    @tf.function(jit_compile=True)
+    def compiled(batch):
+        with recorded_batch_statistics(networks) as records:
+            with recorded_gradients(optimizer, variable_names(networks)) as gradients:
+                losses = step(batch)
+        traced["layers"] = [layer for layer, _, _ in records]
+        traced["names"] = list(gradients)
+        return losses, list(gradients.values()), [(mean, variance) for _, mean, variance in records]
+
+    batch = {k: tf.constant(v) for k, v in batch.items()}
+    losses, gradients, moments = compiled(batch)
+    records = [(layer, mean, variance) for layer, (mean, variance) in zip(traced["layers"], moments)]
+    statistics = label_statistics(records, bn_layer_names(networks), d_call_labels)
+    return Evaluation({n: g.numpy() for n, g in zip(traced["names"], gradients)}, statistics, losses)
 
 
 # -- the reference's optimizer state --------------------------------------------
@@ -530,6 +553,32 @@ class GoldenStage:
                 start = self.reference_state_after(update, fed.after)
                 noise_starts = [self.reference_state_after(update, n.after) for n in noise]
         return r
+
+    def rerun(self, r, evaluate):
+        """Both updates of ``run``'s result ``r`` again from the same states
+        on a freshly imported trainer, each evaluated by ``evaluate`` (e.g.
+        compiled with XLA); the result has ``run``'s layout, with the exact
+        evaluations and noise samples of ``r``, for ``check_update``."""
+        from misc.reference_import import import_reference_checkpoint
+
+        gan = self.make_gan()
+        import_reference_checkpoint(gan, r["checkpoint"])
+        nets = self.networks(gan)
+        out = {"gan": gan, "checkpoint": r["checkpoint"], "before": r["before"]}
+        for update in self.updates:
+            optimizer = getattr(gan, update.optimizer)
+            assign_values(nets, r[update.phase]["start"])
+            ours = evaluate(gan, nets, optimizer, getattr(gan, update.step),
+                            self.golden_batch(self.fx.arrays), update.d_call_labels)
+            trained = gan.networks()[update.network].reference_variables()
+            out[update.phase] = {
+                **r[update.phase], "ours": ours, "after": reference_values(nets),
+                "slots": {n: [s.numpy() for s in optimizer.slots(v)] for n, v in trained.items()
+                          if v.trainable},
+                "powers": [opt.beta_powers() for opt, *_ in gan.reference_optimizer_layout()],
+                "global_step": int(gan.global_step.numpy()),
+            }
+        return out
 
     def evaluate_and_reset(self, gan, update, values, inputs, feed=None):
         """``update`` from ``values``; the optimizer and global_step are

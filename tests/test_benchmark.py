@@ -8,13 +8,14 @@ with a stand-in model (a full GAN traced for two replicas takes ~30 s here).
 
 import json
 import re
+import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from misc import benchmark
-from misc.config import load_config
+from misc.config import ConfigError, load_config
 from tests.tiny_dataset import write_config
 
 BATCH = 4
@@ -131,3 +132,43 @@ def test_default_stage_and_argument_checks(tmp_path):
     assert benchmark.default_stage(load_config(tiny_config(tmp_path / "d.yml", "stageI"))) == 1
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--cfg", cfg, "--warmup", "0"])  # the first step traces
+
+
+def test_side_by_side_with_a_git_revision(tmp_path, capsys):
+    """--baseline HEAD: the committed code and the working tree, each in its
+    own worker process, alternate single iterations; the ratio is of the
+    medians."""
+    cfg = str(write_config(tmp_path / "tiny.yml", {
+        "CONFIG_NAME": "stageI", "Z_DIM": 8,
+        "TRAIN": {"BATCH_SIZE": BATCH, "NUM_EMBEDDING": 4, "XLA": "off"},
+        "GAN": {"EMBEDDING_DIM": 8, "DF_DIM": 4, "GF_DIM": 8},
+    }))
+    out = tmp_path / "side_by_side.json"
+    result = benchmark.main(["--cfg", cfg, "--steps", "2", "--warmup", "1", "--num-images", "8",
+                             "--embedding-dim", str(TEXT_DIM), "--baseline", "HEAD", "--json", str(out)])
+    printed = capsys.readouterr().out
+    with open(out) as f:
+        assert json.load(f) == json.loads(json.dumps(result))
+    head = subprocess.run(["git", "-C", benchmark.REPOSITORY, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert result["baseline_commit"] == head and result["status"] == "ok"
+    sides = result["sides"]
+    assert set(sides) == {"working tree", "baseline"}
+    assert sides["baseline"]["root"] != benchmark.REPOSITORY  # an extracted copy of HEAD
+    for side in sides.values():
+        assert len(side["step_times"]) == 2 and all(t > 0 for t in side["step_times"])
+        assert side["xla"] is False and side["batch_size"] == BATCH and side["peak_host_memory_mib"] > 0
+    c = result["comparison"]
+    medians = {name: float(np.median(side["step_times"])) for name, side in sides.items()}
+    assert c["median_s"] == pytest.approx(medians)
+    assert c["ratio"] == pytest.approx(medians["working tree"] / medians["baseline"])
+    rounds = [a / b for a, b in zip(sides["working tree"]["step_times"], sides["baseline"]["step_times"])]
+    assert c["round_ratio_min"] == pytest.approx(min(rounds)) and c["rounds"] == 2
+    printed_ratio = figure(printed, r"ratio \(working tree / baseline.*?\): ([\d.]+)")
+    assert printed_ratio == pytest.approx(c["ratio"], abs=6e-4)
+
+
+def test_baseline_must_be_a_commit(tmp_path):
+    cfg = tiny_config(tmp_path / "c.yml", "stageI")
+    with pytest.raises(ConfigError, match="--baseline no-such-revision"):
+        benchmark.main(["--cfg", cfg, "--baseline", "no-such-revision"])

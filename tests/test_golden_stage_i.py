@@ -72,6 +72,7 @@ from golden_support import (
     check_forward_statistics,
     check_repeat_is_bit_identical,
     check_v1_and_v2_hold_the_same_state,
+    evaluate_update_with_xla,
     reference_variables,
     stat_tolerance,
 )
@@ -212,6 +213,32 @@ def test_fresh_layer_gets_the_plain_ema(checkpoint, arrays):
             tol = stat_tolerance(arrays[f"fresh_ema/{phase}/{name.rsplit('/', 1)[0]}/variance"])
             ref = arrays[f"fresh_ema/{phase}/{name}"]
             assert_close(f"fresh {phase} {name}", variables[name].numpy(), ref, **tol)
+
+
+# -- the same updates compiled with XLA ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def xla_run(run):
+    """Both updates again from the same states, each step compiled with XLA
+    (judged by the same rule, against the same exact evaluations)."""
+    return STAGE.rerun(run, evaluate_update_with_xla)
+
+
+def test_train_phase_forward_under_xla(xla_run, arrays):
+    losses, out = xla_run["after_dstep"]["ours"].losses
+    assert_close("train/fake_images", out["images"], arrays["train/fake_images"], atol=1e-4)
+    for which in ("real", "wrong", "fake"):
+        assert_close(f"train/logit_{which}", out[f"logit_{which}"], arrays[f"train/logit_{which}"], atol=1e-4)
+    check_forward_statistics("D update (XLA)", xla_run["after_dstep"]["ours"].statistics, arrays, "bnstat/")
+
+
+def test_discriminator_update_under_xla(xla_run):
+    STAGE.check_update(xla_run, STAGE.updates[0])
+    STAGE.check_discriminator_moving_statistics(xla_run)
+
+
+def test_generator_update_under_xla(xla_run):
+    STAGE.check_update(xla_run, STAGE.updates[1])
 
 
 # -- the rule can fail -------------------------------------------------------------
