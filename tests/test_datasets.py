@@ -167,7 +167,7 @@ def test_epochs_are_deterministic_and_drop_the_remainder(tiny):
 def test_pipeline_batches_carry_per_step_noise(tiny):
     split = load_dataset(tiny, 1).train
     spec = {"eps": (8, "truncated_normal"), "z": (5, "normal")}
-    ds = training_dataset(split, 4, 4, spec, seed=9, first_epoch=2, first_step=6)
+    ds = training_dataset(split, 4, 4, spec, seed=9, first_step=6)  # epoch 2, batch 0
     batches = list(ds.take(4))
     assert batches[0]["images"].dtype == tf.uint8 and batches[0]["images"].shape == (4, 64, 64, 3)
     assert batches[0]["eps"].shape == (4, 8) and batches[0]["z"].shape == (4, 5)
