@@ -19,6 +19,8 @@ import pprint
 import signal
 import sys
 
+from misc.startup import nvidia_driver_present
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -92,7 +94,8 @@ def make_strategy(gpu=None, log=print):
     if gpu is not None:
         wanted = parse_gpu_ids(gpu)
         if not gpus:
-            log(f"warning: --gpu {gpu}: no GPU is visible to TensorFlow; training on the CPU.")
+            why = "" if nvidia_driver_present() else " (no NVIDIA driver is installed)"
+            log(f"warning: --gpu {gpu}: no GPU is visible to TensorFlow{why}; training on the CPU.")
         else:
             missing = [i for i in wanted if i >= len(gpus)]
             if missing:
