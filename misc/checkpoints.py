@@ -67,10 +67,13 @@ def training_checkpoint(gan):
 
 
 def snapshot_leftovers(directory):
-    """Paths an interrupted save left in a run folder (see module docstring)."""
+    """Paths an interrupted save left in a run folder (see module docstring);
+    only in folders of ours (with a 'checkpoint' state file or a run lock)."""
     try:
         names = os.listdir(directory)
     except OSError:
+        return []
+    if "checkpoint" not in names and RUN_LOCK not in names:
         return []
     found = []
     for name in sorted(names):
