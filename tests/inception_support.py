@@ -20,7 +20,7 @@ FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inceptio
 IMAGES_DIR = os.path.join(FIXTURE_DIR, "images")
 AVERAGE_SUFFIX = "/ExponentialMovingAverage"
 
-_UNPACKED = {}
+_CACHE = {}  # once per test session: the unpacked checkpoint, the loaded model
 
 
 def meta():
@@ -35,7 +35,7 @@ def golden():
 
 def checkpoint(tmp_path_factory):
     """The fixture checkpoint decompressed (once per test session); its path."""
-    if "path" not in _UNPACKED:
+    if "path" not in _CACHE:
         info = meta()
         path = str(tmp_path_factory.mktemp("inception_fixture") / info["checkpoint"])
         digest = hashlib.md5()
@@ -45,5 +45,14 @@ def checkpoint(tmp_path_factory):
                 digest.update(block)
                 g.write(block)
         assert digest.hexdigest() == info["checkpoint_md5"], "damaged fixture checkpoint"
-        _UNPACKED["path"] = path
-    return _UNPACKED["path"]
+        _CACHE["path"] = path
+    return _CACHE["path"]
+
+
+def scorer(tmp_path_factory):
+    """The fixture's evaluation model loaded (once per test session)."""
+    if "scorer" not in _CACHE:
+        from misc.inception import InceptionScorer
+
+        _CACHE["scorer"] = InceptionScorer(checkpoint(tmp_path_factory))
+    return _CACHE["scorer"]

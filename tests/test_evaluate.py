@@ -18,7 +18,6 @@ from misc.config import load_config
 from misc.datasets import load_dataset
 from misc.evaluate import ModelSamples, main
 from misc.inception import (
-    InceptionScorer,
     authors_selection,
     inception_score,
     list_images,
@@ -42,8 +41,8 @@ def inception(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scorer(inception):
-    return InceptionScorer(inception)
+def scorer(tmp_path_factory):
+    return inception_support.scorer(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from misc.inception import (
     ImageFolderError,
     InceptionCheckpoint,
     InceptionError,
-    InceptionScorer,
     authors_resize,
     authors_selection,
     inception_score,
@@ -37,8 +36,8 @@ def fixture_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scorer(fixture_checkpoint):
-    return InceptionScorer(fixture_checkpoint)
+def scorer(tmp_path_factory):
+    return inception_support.scorer(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
