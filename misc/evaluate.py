@@ -39,17 +39,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from misc import experiment  # noqa: E402
-from misc.atomic import write_text  # noqa: E402
-from misc.checkpoints import check_embedding_dim, describe_checkpoint  # noqa: E402
-from misc.config import ConfigError, load_config  # noqa: E402
-from misc.datasets import LOAD_SIZES, LR_SIZE, dataset_dir, load_dataset  # noqa: E402
-from misc.fid import FidGraph, cached_statistics, frechet_distance, statistics  # noqa: E402
-from misc.inception import (  # noqa: E402
+from misc import experiment
+from misc.atomic import write_text
+from misc.checkpoints import check_embedding_dim, describe_checkpoint
+from misc.config import ConfigError, load_config
+from misc.datasets import HR_LR_RATIO, LOAD_SIZES, LR_IMAGE_SIZE, dataset_dir, load_dataset
+from misc.fid import FidGraph, cached_statistics, frechet_distance, statistics
+from misc.inception import (
     AUTHORS_BATCH_SIZE,
     AUTHORS_SPLITS,
     InceptionCheckpoint,
@@ -61,8 +61,8 @@ from misc.inception import (  # noqa: E402
     read_image,
     to_uint8_truncated,
 )
-from misc.sampling import HR_LR_RATIO, Sampler, draw_noise, load_generator, resolve_checkpoint_path  # noqa: E402
-from misc.tf1_checkpoint import CheckpointError  # noqa: E402
+from misc.sampling import Sampler, draw_noise, load_generator, resolve_checkpoint_path
+from misc.tf1_checkpoint import CheckpointError
 
 JSON_SUFFIX = "_evaluation.json"
 
@@ -85,7 +85,7 @@ def parse_args(argv=None):
                         help="samples to draw (default: one per caption of every test image)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=None,
                         help="score the Stage-I or Stage-II pictures (default: the checkpoint's stage)")
-    parser.add_argument("--real-size", type=int, choices=sorted(LR_SIZE * r for r in LOAD_SIZES),
+    parser.add_argument("--real-size", type=int, choices=sorted(LR_IMAGE_SIZE * r for r in LOAD_SIZES),
                         default=None, help="FID: size of the test-image centre crops (default: the "
                                            "scored resolution; 256 with --images)")
     parser.add_argument("--batch-size", type=int, default=AUTHORS_BATCH_SIZE)
@@ -227,7 +227,7 @@ def scored_size(config, stage):
 def load_test_split(config, size):
     """The test split with its pictures stored for ``size`` crops (76 for 64,
     304 for 256)."""
-    return load_dataset(config, hr_lr_ratio=size // LR_SIZE, splits=("test",)).test
+    return load_dataset(config, hr_lr_ratio=size // LR_IMAGE_SIZE, splits=("test",)).test
 
 
 def real_statistics(config, test, args, graph, size):
@@ -252,7 +252,7 @@ def open_source(args, config, graph):
     """(what is scored, the test split for FID or None, FID crop size)."""
     if args.images:
         source = FolderPictures(args.images)
-        real_size = args.real_size or LR_SIZE * HR_LR_RATIO
+        real_size = args.real_size or LR_IMAGE_SIZE * HR_LR_RATIO
         return source, (load_test_split(config, real_size) if graph else None), real_size
     checkpoint = args.checkpoint or config.TEST.PRETRAINED_MODEL
     if not checkpoint:
@@ -264,7 +264,7 @@ def open_source(args, config, graph):
         raise CheckpointError(f"{info.path}: a Stage-I checkpoint has no Stage-II pictures; leave "
                               "out --stage 2.")
     real_size = args.real_size or scored_size(config, stage)
-    test = load_test_split(config, real_size if graph else LR_SIZE)
+    test = load_test_split(config, real_size if graph else LR_IMAGE_SIZE)
     source = ModelSamples(config, info, stage, test, args.num_samples, args.seed)
     print(source.report.summary())
     return source, test if graph else None, real_size

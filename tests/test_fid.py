@@ -130,7 +130,8 @@ def test_real_statistics_are_cached_by_content(tmp_path):
     images = np.random.default_rng(5).integers(0, 256, (7, 24, 24, 3)).astype(np.uint8)
     cache = str(tmp_path / "data" / "test" / "fid_statistics_24.npz")
     mu, sigma, cached = cached_statistics(cache, images, graph, batch_size=3)
-    assert not cached and graph.pictures == 7 and os.listdir(os.path.dirname(cache)) == [os.path.basename(cache)]
+    assert not cached and graph.pictures == 7
+    assert os.listdir(os.path.dirname(cache)) == [os.path.basename(cache)]  # no temporary file left
     expected = statistics(graph.graph.features(images))
     np.testing.assert_allclose(mu, expected[0], rtol=1e-6)
     np.testing.assert_allclose(sigma, expected[1], rtol=1e-5, atol=1e-9)

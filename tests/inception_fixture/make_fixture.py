@@ -62,8 +62,8 @@ import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
 CHECKPOINT_NAME = "model.ckpt-5000"
 GLOBAL_STEP = 5000
