@@ -298,6 +298,10 @@ def evaluate(args):
     seconds = time.time() - started
 
     chosen = authors_selection(source.count, args.batch_size, args.seed)
+    broken = int(np.sum(~np.isfinite(probabilities[chosen]).all(axis=1)))
+    if broken:
+        print(f"warning: the evaluation model gave non-finite probabilities for {broken} pictures "
+              "(its activations overflow); their splits score NaN, as in the authors' script.")
     mean, std, per_split = inception_score(probabilities[chosen], args.splits)
     result = {
         "source": args.images or source.info.path,

@@ -481,7 +481,8 @@ def inception_score(probabilities, splits=AUTHORS_SPLITS):
     """(mean, std, per-split scores) of exp(E_x KL(p(y|x) || p(y))) over
     ``splits`` consecutive parts (part i: rows i*n//splits ... (i+1)*n//splits),
     in float64; 0 * log 0 counts as 0 (where the authors' float32 arithmetic
-    gives NaN)."""
+    gives NaN).  Non-finite probabilities (an overflowing network) make their
+    split's score NaN, as in the authors' script."""
     p = np.asarray(probabilities, np.float64)
     n = len(p)
     if n < splits:
@@ -491,7 +492,7 @@ def inception_score(probabilities, splits=AUTHORS_SPLITS):
         part = p[i * n // splits:(i + 1) * n // splits]
         marginal = part.mean(axis=0, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
-            kl = np.where(part > 0, part * (np.log(part) - np.log(marginal)), 0.0)
+            kl = np.where(part == 0, 0.0, part * (np.log(part) - np.log(marginal)))
         scores.append(float(np.exp(kl.sum(axis=1).mean())))
     return float(np.mean(scores)), float(np.std(scores)), scores
 

@@ -171,6 +171,13 @@ def test_equiprobable_confident_classes_score_their_number(classes):
     assert mean == pytest.approx(classes, rel=1e-12) and std == pytest.approx(0.0, abs=1e-9)
 
 
+def test_non_finite_predictions_give_nan_as_in_the_authors_script():
+    p = np.eye(4)[np.arange(8) % 4]
+    p[5] = np.nan  # an overflowing network's softmax
+    _, _, splits = inception_score(p, splits=2)
+    assert splits[0] == pytest.approx(4.0) and np.isnan(splits[1])
+
+
 def test_score_per_split_is_exp_of_mean_kl():
     rng = np.random.default_rng(3)
     p = rng.dirichlet(np.full(5, 0.3), size=10)
