@@ -32,7 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from misc.startup import nvidia_driver_present
+import misc.startup  # before TensorFlow: its start-up lines follow that level
 
 import keras
 import numpy as np
@@ -135,7 +135,6 @@ def machine_info():
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,
         "gpus": gpu_names(),
-        "nvidia_driver": nvidia_driver_present(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),

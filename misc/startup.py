@@ -6,8 +6,8 @@ absl::InitializeLog() ..." banner, INFO notes (oneDNN, CPU features) and, on
 a machine without an NVIDIA driver, "Could not find cuda drivers" and an
 E-level "failed call to cuInit" that read as failures.
 
-Importing this module before TensorFlow (``misc/experiment.py`` imports it
-first, so every command-line script does) imports TensorFlow and lists its
+Importing this module before TensorFlow (every command-line script does,
+right after setting TF_CPP_MIN_LOG_LEVEL) imports TensorFlow and lists its
 devices while standard error goes through a filter that drops exactly what
 TF_CPP_MIN_LOG_LEVEL hides (1: INFO, 2: also WARNING, 3: also ERROR; the
 scripts set 2) plus, only when no NVIDIA driver is installed and the level
