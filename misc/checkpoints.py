@@ -16,9 +16,10 @@ file is a one-line ``CheckpointError`` naming it.
 
 A process killed while saving leaves TensorFlow's temporaries behind
 (``model-<N>_temp/``, ``checkpoint.tmp<hex>``; ``.tmp-*`` files of
-``misc.atomic``); the next run that resumes from or writes to the folder
-removes them (``remove_snapshot_leftovers``), unless another run holds the
-folder's lock (``RUN_LOCK``, held by a training run for its whole life).
+``misc.atomic``); the next run that resumes from the folder removes them
+(``remove_snapshot_leftovers``), unless another run holds the folder's lock
+(``RUN_LOCK``, held by a training run for its whole life), and a save that
+fails removes its own.
 """
 
 import dataclasses

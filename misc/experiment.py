@@ -207,7 +207,7 @@ def train(gan, split, config, make_preview, rate_for, start_path=None, keep_ever
         print(f"Nothing to train: the model is at epoch {first // steps} "
               f"(iteration {first}) and TRAIN.MAX_EPOCH is {train_cfg.MAX_EPOCH}.")
         return None
-    if start_path and os.path.isdir(os.path.dirname(start_path) or "."):
+    if start_path:
         for path in remove_snapshot_leftovers(os.path.dirname(start_path) or "."):
             print(f"Removed {path}, left by an interrupted snapshot.")
     log_dir = new_log_dir(config)
@@ -265,9 +265,10 @@ def train(gan, split, config, make_preview, rate_for, start_path=None, keep_ever
                 if finished:  # else an error is being reported already
                     raise WriteError(f"{log_dir}: could not write the TensorBoard summaries "
                                      f"({exc}). {snapshotter.resume_hint()}") from None
-    if stop.received:
+    counter = int(gan.counter.numpy())
+    if stop.received and fit_phases(counter, steps, train_cfg.MAX_EPOCH):  # stopped before the end
         where = snapshotter.last_good
-        print(f"\nStopped by {stop.signal_name} at iteration {int(gan.counter.numpy())}; "
+        print(f"\nStopped by {stop.signal_name} at iteration {counter}; "
               + (f"resume with TRAIN.PRETRAINED_MODEL: {where}" if where else "no snapshot to resume from."))
         raise SystemExit(128 + stop.received)
     return snapshotter.last_path
@@ -304,5 +305,5 @@ def run_main(main, argv=None):
         print(f"error: {what}", file=sys.stderr)
         raise SystemExit(EXIT_ERROR) from None
     except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C); nothing was saved.", file=sys.stderr)
+        print("\ninterrupted (Ctrl-C).", file=sys.stderr)
         raise SystemExit(130) from None
