@@ -30,7 +30,7 @@ from PIL import Image
 
 from misc import callbacks as callbacks_module
 from misc import checkpoints, experiment, safe_pickle, startup
-from misc.atomic import exclusive_lock
+from misc.atomic import WriteError, exclusive_lock
 from misc.checkpoints import RUN_LOCK, remove_snapshot_leftovers, training_checkpoint
 from misc.config import ConfigError, load_config
 from stageI import experiment as stage_i
@@ -193,12 +193,16 @@ def flip_a_byte(path):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A fresh Stage-I trainer of the tiny config, saved as our runs save."""
+def tiny_gan(tmp_path_factory):
+    """A fresh Stage-I trainer of the tiny config."""
     config = load_config(write_config(str(tmp_path_factory.mktemp("cfg") / "c.yml"), tiny_train_config()))
-    gan = stage_i.build_gan(config, 24, tf.distribute.get_strategy())
-    folder = tmp_path_factory.mktemp("ckpt")
-    return training_checkpoint(gan).write(str(folder / "model-0"))
+    return stage_i.build_gan(config, 24, tf.distribute.get_strategy())
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_gan, tmp_path_factory):
+    """The fresh trainer saved as our runs save."""
+    return training_checkpoint(tiny_gan).write(str(tmp_path_factory.mktemp("ckpt") / "model-0"))
 
 
 def with_checkpoint(damage):
@@ -343,7 +347,7 @@ def test_stage_ii_limits_and_evaluation_inputs_are_checked_first(workdir, capsys
 
 # -- full disk ------------------------------------------------------------------
 
-def test_a_full_disk_during_a_snapshot_names_it_and_the_last_good_one(workdir, capsys, monkeypatch):
+def test_a_full_disk_during_a_snapshot_names_it_and_keeps_the_earlier_ones(tiny_gan, tmp_path, monkeypatch):
     from tensorflow.python.ops import gen_io_ops
 
     merge = gen_io_ops.merge_v2_checkpoints
@@ -355,17 +359,26 @@ def test_a_full_disk_during_a_snapshot_names_it_and_the_last_good_one(workdir, c
         return merge(prefixes, destination, *args, **kwargs)
 
     monkeypatch.setattr(gen_io_ops, "merge_v2_checkpoints", disk_full_at_two)
-    code, log_dir = run_in_process(stage_i.main, "full_disk", **{"TRAIN.SNAPSHOT_INTERVAL": 1})
-    err = capsys.readouterr().err
-    last = os.path.join(log_dir, "model-1")
-    assert code == 2 and err.count("\n") == 1
-    assert err.startswith(f"error: {log_dir}/model-2: could not write the snapshot (")
-    assert "No space left on device" in err
-    assert err.rstrip().endswith(f"The last good snapshot is {last}; resume from it once that is fixed "
-                                 f"with TRAIN.PRETRAINED_MODEL: {last}.")
-    assert snapshots(log_dir) == [1] and tf.train.latest_checkpoint(log_dir) == last
-    assert not checkpoints.snapshot_leftovers(log_dir)  # model-2_temp/ was removed
-    checkpoints.verify_checkpoint_data(last)  # intact
+    folder = str(tmp_path / "run")
+    snapshotter = checkpoints.Snapshotter(tiny_gan, folder)
+    try:
+        tiny_gan.counter.assign(1)
+        first = snapshotter.save()
+        tiny_gan.counter.assign(2)
+        with pytest.raises(WriteError) as error:
+            snapshotter.save()
+    finally:
+        tiny_gan.counter.assign(0)
+    message = str(error.value)
+    assert message.startswith(f"{folder}/model-2: could not write the snapshot ({folder}/model-2.index; "
+                              "No space left on device); earlier snapshots are intact.")
+    assert snapshotter.resume_hint(" once that is fixed") == (
+        f"The last good snapshot is {first}; resume from it once that is fixed with "
+        f"TRAIN.PRETRAINED_MODEL: {first}.")  # what the driver adds (see the preview case below)
+    assert tf.train.latest_checkpoint(folder) == first == os.path.join(folder, "model-1")
+    assert os.path.isdir(os.path.join(folder, "model-2_temp")) is False  # its partial shards removed
+    assert not checkpoints.snapshot_leftovers(folder)
+    checkpoints.verify_checkpoint_data(first)  # intact
 
 
 def test_a_full_disk_during_a_preview_names_the_file_and_the_last_good_snapshot(workdir, capsys, monkeypatch):
