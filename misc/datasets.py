@@ -162,10 +162,6 @@ class Split:
             out[i] = crop[:, ::-1] if flip else crop
         return out
 
-    def random_crops(self, rng, ids):
-        """Random crop_size crops with random horizontal flips (uint8)."""
-        return self.crops(ids, self.crop_draws(rng, len(ids)))
-
     def center_crops(self, ids):
         s, size = self.crop_size, self.images.shape[1]
         o = (size - s) // 2
@@ -213,10 +209,6 @@ class Split:
             "wrong_images": self.crops(draws["wrong"], draws["wrong_crops"]),
             "embeddings": self.embeddings_of(draws["ids"], draws["captions"]).astype(np.float32),
         }
-
-    def training_batch(self, rng, ids, num_embedding):
-        """A reference training batch (uint8 images)."""
-        return self.batch_arrays(self.batch_draws(rng, ids, num_embedding))
 
     def steps_per_epoch(self, batch_size):
         return self.num_examples // batch_size
