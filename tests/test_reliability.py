@@ -57,36 +57,48 @@ def new_dirs(before):
 def run_in_process(main, name, **overrides):
     """main(argv) on a tiny config, as run_exp.py runs it; returns (exit code, log folder)."""
     before = set(glob.glob("ckt_logs/*/*"))
+    config = tiny_train_config(**overrides)
     code = 0
     try:
-        experiment.run_main(main, ["--cfg", write_config(f"{name}.yml", tiny_train_config(**overrides))])
+        experiment.run_main(main, ["--cfg", write_config(f"{name}.yml", config)])
     except SystemExit as exc:
         code = exc.code
-    created = new_dirs(before)
+    created = [d for d in new_dirs(before) if os.path.basename(d).startswith(config["CONFIG_NAME"] + "_")]
     return code, (created[-1] if created else None)
 
 
-def run_until_killed(name, fault, iteration, **overrides):
-    """Train in a subprocess (tests/fault_injection.py) until it reaches the
-    fault point, then kill -9 it; returns its log folder and output."""
-    before = set(glob.glob("ckt_logs/*/*"))
+def start_training(name, fault, iteration, **overrides):
+    """Start training in a subprocess (tests/fault_injection.py) that stops
+    at the fault point; ``kill_at_fault`` ends it."""
     cfg = write_config(f"{name}.yml", tiny_train_config(**overrides))
-    ready = os.path.abspath(f"{name}.ready")
     with open(f"{name}.out", "w") as out:
-        child = subprocess.Popen([sys.executable, FAULT_SCRIPT, "1", ready, fault, str(iteration), "--",
-                                  "--cfg", cfg], stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not os.path.exists(ready):
-                assert child.poll() is None, open(f"{name}.out").read()[-3000:]
-                assert time.monotonic() < deadline, "the fault point was not reached"
-                time.sleep(0.05)
-        finally:
-            child.kill()  # SIGKILL: no handler, no cleanup
-            child.wait()
+        return subprocess.Popen([sys.executable, FAULT_SCRIPT, "1", f"{name}.ready", fault, str(iteration),
+                                 "--", "--cfg", cfg], stdout=out, stderr=subprocess.STDOUT)
+
+
+def kill_at_fault(child, name):
+    """Wait until the child reached its fault point, kill -9 it; return its
+    output."""
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(f"{name}.ready"):
+            assert child.poll() is None, open(f"{name}.out").read()[-3000:]
+            assert time.monotonic() < deadline, "the fault point was not reached"
+            time.sleep(0.05)
+    finally:
+        child.kill()  # SIGKILL: no handler, no cleanup
+        child.wait()
     assert child.returncode == -signal.SIGKILL
+    return open(f"{name}.out").read()
+
+
+def run_until_killed(name, fault, iteration, **overrides):
+    """Train in a subprocess until the fault point, kill -9 it; returns its
+    log folder and output."""
+    before = set(glob.glob("ckt_logs/*/*"))
+    out = kill_at_fault(start_training(name, fault, iteration, **overrides), name)
     (log_dir,) = new_dirs(before)
-    return log_dir, open(f"{name}.out").read()
+    return log_dir, out
 
 
 def snapshots(log_dir):
@@ -100,13 +112,15 @@ CHAIN = {"TRAIN.BATCH_SIZE": 2, "TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL":
 
 def test_killed_resumed_and_preempted_runs_end_bit_identical_to_an_uninterrupted_one(
         workdir, capsys, monkeypatch):
+    # 1. kill -9 while snapshot model-8 is being written (model-8_temp/ holds its shards);
+    #    meanwhile (on the other core) the uninterrupted run
+    child = start_training("killed_in_save", "in-snapshot", 8, CONFIG_NAME="killed", **CHAIN)
     code, full = run_in_process(stage_i.main, "full", **CHAIN)
     assert code == 0 and snapshots(full) == [4, 8, 12]
     full_lines = epoch_lines(capsys.readouterr().out)
     assert len(full_lines) == 2
-
-    # 1. kill -9 while snapshot model-8 is being written (model-8_temp/ holds its shards)
-    first, _ = run_until_killed("killed_in_save", "in-snapshot", 8, **CHAIN)
+    kill_at_fault(child, "killed_in_save")
+    (first,) = glob.glob("ckt_logs/tiny/killed_*")
     assert snapshots(first) == [4]
     assert os.path.isdir(os.path.join(first, "model-8_temp"))
     assert tf.train.latest_checkpoint(first) == os.path.join(first, "model-4")
