@@ -28,7 +28,11 @@ background colour and the size.  The captions are embedded with
     <out>/<split>/filenames.pickle       list of "<color>_<shape>/shapes_<index>"
 
 ``filenames.pickle`` is written last, so a dataset whose generation was
-interrupted is seen as missing by ``ensure_dataset``.
+interrupted is seen as missing by ``ensure_dataset``, which then removes the
+temporary files the interrupted writes left (``.tmp-*``) and generates it
+again.  ``ensure_dataset`` holds a lock on ``<out>/.lock`` meanwhile, so runs
+started together generate the dataset once (the others wait for it) and
+never remove each other's temporary files.
 
 Usage, from the repository root::
 
@@ -50,7 +54,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from misc import safe_pickle
-from misc.atomic import write_text
+from misc.atomic import TEMP_PREFIX, exclusive_lock, remove_temporaries, write_text
 from misc.datasets import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, TEXT_EMBEDDING_DIM
 from misc.preprocessing import make_low_resolution, prepare_image
 from misc.text_encoder import encode_captions
@@ -292,11 +296,25 @@ def required_files(dataset_dir, hr=True):
 
 
 def ensure_dataset(data_dir, name="shapes", hr=True, log=print, **generate_kwargs):
-    """Return ``<data_dir>/<name>``, generating the dataset there only if files are missing."""
+    """Return ``<data_dir>/<name>``, generating the dataset there only if files
+    are missing (after removing what an interrupted generation left)."""
     dataset_dir = os.path.join(data_dir, name)
-    if not all(os.path.isfile(p) for p in required_files(dataset_dir, hr)):
-        generate(dataset_dir, hr=hr, log=log, **generate_kwargs)
+    if all(os.path.isfile(p) for p in required_files(dataset_dir, hr)) and \
+            not _has_temporaries(dataset_dir):
+        return dataset_dir
+    os.makedirs(dataset_dir, exist_ok=True)
+    with exclusive_lock(os.path.join(dataset_dir, ".lock")):
+        removed = remove_temporaries(dataset_dir, recursive=True)
+        if removed:
+            log(f"Removed {len(removed)} temporary file(s) left in {dataset_dir} by an interrupted "
+                "generation.")
+        if not all(os.path.isfile(p) for p in required_files(dataset_dir, hr)):
+            generate(dataset_dir, hr=hr, log=log, **generate_kwargs)
     return dataset_dir
+
+
+def _has_temporaries(dataset_dir):
+    return any(name.startswith(TEMP_PREFIX) for _, _, names in os.walk(dataset_dir) for name in names)
 
 
 def main(argv=None):

@@ -52,6 +52,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import misc.startup  # before TensorFlow: its start-up lines follow that level
+
 import numpy as np
 
 from misc import experiment, safe_pickle, torch7
@@ -102,19 +104,29 @@ def parse_args(argv=None):
 
 
 def select_gpu(gpu_id):
-    """Make only GPU ``gpu_id`` visible (when there are GPUs)."""
+    """Make only GPU ``gpu_id`` visible (when there are GPUs; an id beyond
+    them is an error)."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return
     if gpu_id >= len(gpus):
-        print(f"warning: GPU {gpu_id} not available ({len(gpus)} visible); using GPU 0.")
-        gpu_id = 0
+        raise ConfigError(f"GPU {gpu_id} (--gpu / GPU_ID) does not exist; {len(gpus)} GPU(s) are visible "
+                          f"(ids 0 to {len(gpus) - 1}).")
     try:
         tf.config.set_visible_devices([gpus[gpu_id]], "GPU")
     except RuntimeError:  # TensorFlow already initialised (in-process use)
         pass
+
+
+def check_outputs(out_dir, save_arrays):
+    """The output folder must be a folder and --save-arrays a file: checked
+    before anything is computed or written."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: exists and is not a folder; give --out a folder for the sheets.")
+    if save_arrays and os.path.isdir(save_arrays):
+        raise InputError(f"{save_arrays}: is a folder; give --save-arrays a file name such as out.npz.")
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -262,6 +274,8 @@ def main(argv=None):
     args = parse_args(argv)
     config = load_config(args.cfg_file)
     if args.gpu_id != -1:
+        if args.gpu_id < 0:
+            raise ConfigError(f"--gpu {args.gpu_id}: give a GPU id (0, 1, ...).")
         config.GPU_ID = args.gpu_id
     if args.caption_path is not None:
         config.TEST.CAPTION_PATH = args.caption_path
@@ -274,11 +288,8 @@ def main(argv=None):
                               "--cfg file (a reference .ckpt or one written by this project).")
     info = describe_checkpoint(resolve_checkpoint_path(config.TEST.PRETRAINED_MODEL))
     captions, embeddings, out_dir = load_inputs(args, config, info, info.kind == "reference")
+    check_outputs(out_dir, args.save_arrays)
     num_copy = min(MAX_COPIES, int(config.TEST.NUM_COPY))
-    if num_copy < 1:
-        raise ConfigError(f"TEST.NUM_COPY is {config.TEST.NUM_COPY}; draw at least 1 sample per caption.")
-    if config.TEST.BATCH_SIZE < 1:
-        raise ConfigError(f"TEST.BATCH_SIZE is {config.TEST.BATCH_SIZE}; it must be at least 1.")
     batch_size = min(len(captions), int(config.TEST.BATCH_SIZE))
     print(f"Loaded {len(captions)} captions, embeddings {list(embeddings.shape)}")
 

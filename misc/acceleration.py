@@ -25,10 +25,8 @@ import os
 import keras
 import tensorflow as tf
 
-from misc.config import ConfigError
+from misc.config import PRECISIONS, XLA_SETTINGS, ConfigError
 
-XLA_SETTINGS = ("auto", "on", "off")
-PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -38,9 +36,7 @@ def configure_threads(config, log=print):
     cores then run independent ops side by side instead of splitting small
     ones); TensorFlow takes it only before it starts."""
     threads = config.TRAIN.INTRA_OP_THREADS
-    if threads < 0:
-        raise ConfigError(f"TRAIN.INTRA_OP_THREADS is {threads}; use 0 (TensorFlow's choice) or more.")
-    if threads == 0 or tf.config.threading.get_intra_op_parallelism_threads() == threads:
+    if threads <= 0 or tf.config.threading.get_intra_op_parallelism_threads() == threads:
         return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -50,7 +46,9 @@ def configure_threads(config, log=print):
 
 
 def check_settings(config):
-    """Fail with a one-line error on an unknown TRAIN.XLA / TRAIN.PRECISION."""
+    """Fail with a one-line error on an unknown TRAIN.XLA / TRAIN.PRECISION
+    (``misc.config.validate_config`` checks config files; this, trees built
+    in code)."""
     for key, value, valid in (("XLA", config.TRAIN.XLA, XLA_SETTINGS),
                               ("PRECISION", config.TRAIN.PRECISION, PRECISIONS)):
         if value not in valid:

@@ -47,6 +47,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import misc.startup  # before TensorFlow: its start-up lines follow that level
+
 import keras
 import numpy as np
 import tensorflow as tf

@@ -29,6 +29,10 @@ def main(argv):
     sys.stdout = sys.stderr
     sys.path.insert(0, root)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:  # before TensorFlow, in the trees that have it (its start-up lines follow that level)
+        import misc.startup  # noqa: F401
+    except ImportError:
+        pass
 
     from misc import benchmark, experiment
 

@@ -1,9 +1,17 @@
 """Keras callbacks that turn ``fit`` into the reference training loop:
 learning-rate schedule, divergence guard, snapshots every N iterations,
-TensorBoard summaries, per-epoch sample images and the epoch log line."""
+TensorBoard summaries, per-epoch sample images and the epoch log line, and
+stopping cleanly on SIGINT / SIGTERM.
+
+Epochs are defined by the iteration counter (epoch ``counter // steps``), so
+a run resumed mid-epoch (whose first ``fit`` epoch is the rest of the
+interrupted one) previews and logs at the same iterations as an
+uninterrupted run."""
 
 import math
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -13,6 +21,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import summary as histogram_summary
 from tensorboard.plugins.scalar import summary as scalar_summary
 
+from misc.atomic import WriteError
 from misc.gan_trainer import HISTOGRAM_PREFIX, SUMMARY_PREFIX
 
 
@@ -53,18 +62,20 @@ class DivergenceGuard(keras.callbacks.Callback):
                 self.fail(f"{key[len(SUMMARY_PREFIX):]} is {float(value)}")
 
     def fail(self, what):
-        last = self.snapshotter.last_path
-        keep = (f"The last good snapshot is {last}; resume from it with "
-                f"TRAIN.PRETRAINED_MODEL: {last}" if last else "No snapshot was written yet")
-        raise TrainingDiverged(
-            f"training diverged at iteration {int(self.gan.counter.numpy())}: {what}. "
-            f"{keep} and a lower TRAIN.GENERATOR_LR / TRAIN.DISCRIMINATOR_LR.")
+        lower = "a lower TRAIN.GENERATOR_LR / TRAIN.DISCRIMINATOR_LR"
+        hint = self.snapshotter.resume_hint()
+        if self.snapshotter.last_good:
+            advice = f"{hint[:-1]} and {lower}."
+        else:
+            advice = f"{hint[:-1]}; start again with {lower}."
+        raise TrainingDiverged(f"training diverged at iteration {int(self.gan.counter.numpy())}: "
+                               f"{what}. {advice}")
 
 
 class PeriodicSnapshot(keras.callbacks.Callback):
     """Saves a snapshot every ``interval`` iterations (counter % interval == 0)
-    and at the end, after checking that every weight is finite (``guard``
-    reports a weight that is not)."""
+    after checking that every weight is finite (``guard`` reports a weight
+    that is not); the training driver saves the final state (``save_if_new``)."""
 
     def __init__(self, gan, snapshotter, interval, guard, log=print):
         super().__init__()
@@ -80,11 +91,6 @@ class PeriodicSnapshot(keras.callbacks.Callback):
         if self.interval > 0 and counter % self.interval == 0:
             self.save()
 
-    def on_train_end(self, logs=None):
-        """A finished run always leaves its final state."""
-        if self.last_counter != int(self.gan.counter.numpy()):
-            self.save()
-
     def save(self):
         if not _all_finite(self.gan.trainable_weights):
             self.guard.fail("a weight is not finite")
@@ -92,6 +98,13 @@ class PeriodicSnapshot(keras.callbacks.Callback):
         self.last_counter = int(self.gan.counter.numpy())
         self.log(f"\nModel saved in file: {path}")
         return path
+
+    def save_if_new(self):
+        """Save unless the current state is already the last snapshot; return
+        the newest snapshot's path."""
+        if self.last_counter != int(self.gan.counter.numpy()):
+            return self.save()
+        return self.snapshotter.last_path
 
 
 class TensorBoardSummaries(keras.callbacks.Callback):
@@ -127,17 +140,30 @@ class TensorBoardSummaries(keras.callbacks.Callback):
 
 
 class EpochEnd(keras.callbacks.Callback):
-    """At the end of every epoch: ``preview(epoch)`` (sample images) and the
-    reference's log line with the epoch's mean losses."""
+    """At the end of every epoch (counter a multiple of ``steps``):
+    ``preview(epoch)`` (sample images) and the reference's log line with the
+    epoch's mean losses.  A ``fit`` epoch cut short by a stop is no epoch
+    end."""
 
-    def __init__(self, gan, preview, out=None):
+    def __init__(self, gan, preview, steps, log_dir, out=None):
         super().__init__()
         self.gan = gan
         self.preview = preview
+        self.steps = steps
+        self.log_dir = log_dir
         self.out = out  # default: the current sys.stdout
 
     def on_epoch_end(self, epoch, logs=None):
-        self.preview(epoch)
+        if int(self.gan.counter.numpy()) % self.steps:
+            return
+        try:
+            self.preview(epoch)
+        except WriteError:
+            raise
+        except (OSError, tf.errors.OpError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else exc.message.split("\n")[0]
+            raise WriteError(f"{self.log_dir}: could not write the epoch {epoch} previews "
+                             f"({reason or exc}).") from None
         means = {k: float(t.result()) for k, t in self.gan.trackers.items()}
         line = "; ".join(f"{k}: {v:.6g}" for k, v in means.items())
         print(f"Epoch {epoch} | {line}", file=self.out or sys.stdout, flush=True)
@@ -145,8 +171,80 @@ class EpochEnd(keras.callbacks.Callback):
             raise TrainingDiverged(f"epoch {epoch} mean losses are not finite ({line}).")
 
 
+class KeepEpochMeans(keras.callbacks.Callback):
+    """Puts back the epoch-mean sums a run resumed mid-epoch restored from
+    its snapshot, after ``fit`` reset them at the start of that epoch, so the
+    epoch's printed means are those of an uninterrupted run."""
+
+    def __init__(self, gan):
+        super().__init__()
+        self.gan = gan
+        self.values = {k: [v.numpy() for v in t.variables] for k, t in gan.trackers.items()}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for key, tracker in self.gan.trackers.items():
+            for variable, value in zip(tracker.variables, self.values[key]):
+                variable.assign(value)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) and SIGTERM (what cluster schedulers and preemptible
+    machines send before they kill) stop training at the next step boundary.
+
+    While the block ``with StopOnSignal() as stop:`` runs (in the main
+    thread), the handler only records the signal; this callback then sets
+    ``model.stop_training`` after the step in progress, and the training
+    driver saves a snapshot once ``fit`` has returned (``received`` holds
+    the signal number).  Nothing is saved from inside the handler.  A second
+    signal raises KeyboardInterrupt at once (stop without saving)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, log=print):
+        super().__init__()
+        self.received = None
+        self.log = log
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum  # no I/O here: the main thread may be inside a print
+
+    @property
+    def signal_name(self):
+        return signal.Signals(self.received).name if self.received else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.received is not None and not self.model.stop_training:
+            self.model.stop_training = True
+            self.log(f"\n{self.signal_name} received: stopping after iteration "
+                     f"{int(self.model.counter.numpy())} to save a snapshot (send it again to stop "
+                     "at once without saving).")
+
+
 class Progress(keras.callbacks.ProgbarLogger):
-    """Keras's progress bar (with ETA), showing only the epoch-mean losses."""
+    """Keras's progress bar (with ETA), showing only the epoch-mean losses,
+    numbered out of the run's ``total_epochs``."""
+
+    def __init__(self, total_epochs):
+        super().__init__()
+        self.total_epochs = total_epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
 
     @staticmethod
     def _visible(logs):

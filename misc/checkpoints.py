@@ -10,15 +10,28 @@ interrupted save never damages the previous snapshot.
 ``PRETRAINED_MODEL`` may name a native checkpoint prefix, a run directory
 (its newest snapshot), a log directory such as ``ckt_logs/shapes`` (the
 newest snapshot of its newest run), or a reference checkpoint (``*.ckpt``,
-see ``misc.tf1_checkpoint``).
+see ``misc.tf1_checkpoint``).  Every tensor of a checkpoint is read (and so
+checksummed) before it is used, so a truncated, missing or corrupted data
+file is a one-line ``CheckpointError`` naming it.
+
+A process killed while saving leaves TensorFlow's temporaries behind
+(``model-<N>_temp/``, ``checkpoint.tmp<hex>``; ``.tmp-*`` files of
+``misc.atomic``); the next run that resumes from the folder removes them
+(``remove_snapshot_leftovers``), unless another run holds the folder's lock
+(``RUN_LOCK``, held by a training run for its whole life), and a save that
+fails removes its own.
 """
 
 import dataclasses
+import glob
 import os
+import re
+import shutil
 
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from misc.atomic import TEMP_PREFIX, WriteError, describe_os_error, exclusive_lock
 from misc.tf1_checkpoint import (
     CA_MATRIX,
     CheckpointError,
@@ -32,26 +45,114 @@ SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
+# Lock file a training run holds in its log folder while it writes there.
+RUN_LOCK = ".lock"
+SNAPSHOT_NAME = "model"  # snapshots are <log dir>/model-<counter>
+# What an interrupted save leaves: TensorFlow's shard folder of a prefix, its
+# temporary 'checkpoint' state file, and misc.atomic's temporary files.
+_LEFTOVER_DIR = re.compile(rf"^{SNAPSHOT_NAME}-\d+_temp(_[0-9a-f]+)?$")
+_LEFTOVER_FILE = re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$|^" + re.escape(TEMP_PREFIX))
+
+
+def epoch_mean_state(gan):
+    """The running sums behind a trainer's epoch means (so a run resumed
+    mid-epoch prints the epoch means of an uninterrupted one)."""
+    return tf.train.Checkpoint(**{name: tf.train.Checkpoint(total=tracker.total, count=tracker.count)
+                                  for name, tracker in gan.trackers.items()})
+
+
 def training_checkpoint(gan):
     """The tf.train.Checkpoint holding a trainer's whole training state."""
     return tf.train.Checkpoint(counter=gan.counter, global_step=gan.global_step,
-                               **gan.networks(), **gan.optimizers())
+                               epoch_means=epoch_mean_state(gan), **gan.networks(), **gan.optimizers())
+
+
+def snapshot_leftovers(directory):
+    """Paths an interrupted save left in a run folder (see module docstring);
+    only in folders of ours (with a 'checkpoint' state file or a run lock)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    if "checkpoint" not in names and RUN_LOCK not in names:
+        return []
+    found = []
+    for name in sorted(names):
+        path = os.path.join(directory, name)
+        if os.path.islink(path):
+            continue
+        if (_LEFTOVER_DIR.match(name) and os.path.isdir(path)) or \
+                (_LEFTOVER_FILE.match(name) and os.path.isfile(path)):
+            found.append(path)
+    return found
+
+
+def remove_snapshot_leftovers(directory, locked=False):
+    """Remove what interrupted saves left in ``directory``; returns the
+    removed paths.  Unless the caller holds the folder's lock (``locked``),
+    nothing is removed while another run holds it (that run may be saving
+    right now), nor where no lock can be taken (a read-only folder)."""
+    found = snapshot_leftovers(directory)
+    if not found:
+        return []
+    if not locked:
+        try:
+            with exclusive_lock(os.path.join(directory, RUN_LOCK), blocking=False) as free:
+                return _remove(snapshot_leftovers(directory)) if free else []
+        except OSError:
+            return []
+    return _remove(found)
+
+
+def _remove(paths):
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.unlink(path)
+    return paths
 
 
 class Snapshotter:
     """Writes native snapshots into a run's log directory; ``last_path`` is
-    the newest one it wrote (None before the first)."""
+    the newest one it wrote (None before the first), ``last_good`` the
+    newest one to resume from (``start_path``, the checkpoint the run
+    started from, before this run wrote one)."""
 
-    def __init__(self, gan, directory, max_to_keep=5, keep_every_n_hours=2):
+    def __init__(self, gan, directory, max_to_keep=5, keep_every_n_hours=2, start_path=None):
         self.gan = gan
+        self.directory = directory
         self.manager = tf.train.CheckpointManager(
             training_checkpoint(gan), directory, max_to_keep=max_to_keep,
-            keep_checkpoint_every_n_hours=keep_every_n_hours, checkpoint_name="model")
+            keep_checkpoint_every_n_hours=keep_every_n_hours, checkpoint_name=SNAPSHOT_NAME)
+        self.start_path = start_path
         self.last_path = None
 
+    @property
+    def last_good(self):
+        return self.last_path or self.start_path
+
+    def resume_hint(self, when=""):
+        """The sentence an error ends with: where to resume from (``when``:
+        e.g. ' once the disk has room')."""
+        if self.last_good is None:
+            return "No snapshot was written yet."
+        return (f"The last good snapshot is {self.last_good}; resume from it{when} with "
+                f"TRAIN.PRETRAINED_MODEL: {self.last_good}.")
+
     def save(self):
-        """Save at the current counter; return the checkpoint prefix."""
-        self.last_path = self.manager.save(checkpoint_number=int(self.gan.counter.numpy()))
+        """Save at the current counter; return the checkpoint prefix.  A
+        failed save (disk full, ...) removes its partial files and raises a
+        ``WriteError`` naming the snapshot; earlier snapshots stay intact."""
+        counter = int(self.gan.counter.numpy())
+        try:
+            self.last_path = self.manager.save(checkpoint_number=counter)
+        except (OSError, tf.errors.OpError) as exc:
+            remove_snapshot_leftovers(self.directory, locked=True)
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else exc.message.split("\n")[0]
+            raise WriteError(
+                f"{os.path.join(self.directory, SNAPSHOT_NAME)}-{counter}: could not write the snapshot "
+                f"({reason}); earlier snapshots are intact.") from None
         return self.last_path
 
 
@@ -124,11 +225,17 @@ def restore_objects(objects, prefix, partial=False):
 
 def restore_native(gan, prefix, parts=None):
     """Restore a trainer from a native checkpoint: all of it, or the named
-    ``parts`` (networks, ``counter``, ``global_step``)."""
+    ``parts`` (networks, ``counter``, ``global_step``).  The whole state
+    includes the epoch-mean sums when the checkpoint has them (older
+    snapshots do not: a run resumed from one mid-epoch averages its first
+    epoch over the iterations it ran)."""
     available = {"counter": gan.counter, "global_step": gan.global_step, **gan.networks()}
-    if parts is None:
-        return restore_objects({**available, **gan.optimizers()}, prefix)
-    return restore_objects({k: available[k] for k in parts}, prefix, partial=True)
+    if parts is not None:
+        return restore_objects({k: available[k] for k in parts}, prefix, partial=True)
+    restore_objects({**available, **gan.optimizers()}, prefix, partial=True)
+    if graph_node(object_graph(prefix), ("epoch_means",)) is not None:
+        restore_objects({"epoch_means": epoch_mean_state(gan)}, prefix, partial=True)
+    return prefix
 
 
 def object_graph(path):
@@ -172,11 +279,35 @@ class CheckpointInfo:
     shapes: dict = dataclasses.field(default_factory=dict, repr=False)  # reference only
 
 
+def verify_checkpoint_data(path):
+    """Read every tensor of a checkpoint (TensorFlow checks each one's
+    checksum), so a truncated, missing or corrupted data file is found
+    before anything is built from it: a one-line ``CheckpointError`` naming
+    the file."""
+    reader = tf.train.load_checkpoint(path)
+    for name in sorted(reader.get_variable_to_shape_map()):
+        try:
+            reader.get_tensor(name)
+        except Exception as exc:  # IndexError (truncated), OpError (missing, checksum), ...
+            data = sorted(glob.glob(glob.escape(path) + ".data-*"))
+            if os.path.isfile(path):  # a V1 single-file checkpoint
+                where = path
+            else:
+                where = data[0] if len(data) == 1 else f"{path}.data-*"
+            state = "missing" if not (data or os.path.isfile(path)) else "truncated or corrupted"
+            detail = " ".join(str(exc).split())[:160]
+            raise CheckpointError(
+                f"{where}: checkpoint data {state}, reading {name} failed ({type(exc).__name__}: "
+                f"{detail}). Use another snapshot (e.g. an earlier model-<N> of the same run)."
+            ) from None
+
+
 def describe_checkpoint(path):
     """Open ``path`` (see ``misc.checkpoints.resolve``) and return its
     ``CheckpointInfo``; one-line ``CheckpointError`` for anything that is not
-    a StackGAN checkpoint."""
+    a StackGAN checkpoint or whose data is damaged."""
     kind, path = resolve(path)
+    verify_checkpoint_data(path)
     if kind == "reference":
         ckpt = ReferenceCheckpoint(path)
         shapes = ckpt.shapes

@@ -9,9 +9,20 @@ Code receives a config object explicitly: ``load_config`` returns a fresh
 one; ``cfg_from_file`` (the reference's name) merges a file into a given tree.
 """
 
+import math
+
 import numpy as np
 import yaml
 from easydict import EasyDict as edict
+
+from misc.datasets import EMBEDDING_FILES
+
+# The Stage-I network variants (GAN.NETWORK_TYPE); Stage-II exists only for
+# the first.
+NETWORK_TYPES = ("default", "simple")
+# SEED seeds NumPy's legacy generator (via keras.utils.set_random_seed), which
+# takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
 
 
 def default_config():
@@ -133,14 +144,28 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
 
 
 def read_yaml(filename):
-    """Parse a YAML config file; errors name the file."""
+    """Parse a YAML config file into a mapping (None for an empty file);
+    errors name the file."""
     try:
         with open(filename, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            tree = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"{filename}: config file not found. Check the --cfg path.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{filename}: is a directory; --cfg takes a YAML file such as "
+                          "stageI/cfg/birds.yml.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{filename}: not a text file; --cfg takes a YAML file such as "
+                          "stageI/cfg/birds.yml.") from None
+    except OSError as exc:
+        raise ConfigError(f"{filename}: cannot read it ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{filename}: not valid YAML ({exc}).") from None
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{filename}: not valid YAML ({detail}).") from None
+    if tree is not None and not isinstance(tree, dict):
+        raise ConfigError(f"{filename}: expected a mapping of config keys (lines such as "
+                          f"'TRAIN: ...', 'GAN: ...'), got a {_type_name(tree)} ({tree!r:.60}).")
+    return tree
 
 
 def cfg_from_file(filename, config):
@@ -149,8 +174,101 @@ def cfg_from_file(filename, config):
 
 
 def load_config(filename=None):
-    """Return a fresh default config, merged with ``filename`` when given."""
+    """Return a fresh default config, merged with ``filename`` when given and
+    checked by ``validate_config``."""
     config = default_config()
     if filename:
         cfg_from_file(filename, config)
+    validate_config(config, source=filename)
+    return config
+
+
+# key -> (smallest valid value, what the value is): the integer settings.
+_AT_LEAST = {
+    "Z_DIM": (1, "the noise size"),
+    "GPU_ID": (0, "a GPU id"),
+    "GAN.EMBEDDING_DIM": (1, "the conditioning size"),
+    "GAN.GF_DIM": (1, "the generator width"),
+    "GAN.DF_DIM": (1, "the discriminator width"),
+    "TRAIN.BATCH_SIZE": (1, "images per training step"),
+    "TRAIN.NUM_COPY": (1, "samples per preview row and per evaluation sheet"),
+    "TRAIN.NUM_EMBEDDING": (1, "captions averaged per training image"),
+    "TRAIN.MAX_EPOCH": (0, "the epoch training stops at"),
+    "TRAIN.SNAPSHOT_INTERVAL": (0, "iterations between snapshots; 0: only at the end and on "
+                                   "interruption"),
+    "TRAIN.LR_DECAY_EPOCH": (0, "epochs between learning-rate halvings; 0: never"),
+    "TRAIN.PRETRAINED_EPOCH": (0, "the epoch Stage-II decay starts after"),
+    "TEST.NUM_COPY": (1, "samples per caption"),
+    "TEST.BATCH_SIZE": (1, "captions per sampling batch"),
+    "TEST.LR_IMSIZE": (16, "the Stage-I image size"),
+    "TEST.HR_IMSIZE": (16, "the Stage-II image size"),
+    "TRAIN.INTRA_OP_THREADS": (0, "threads per CPU op; 0: TensorFlow's choice"),
+}
+# TRAIN.XLA and TRAIN.PRECISION values (misc/acceleration.py says what they do).
+XLA_SETTINGS = ("auto", "on", "off")
+PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
+# Float settings that must not be negative (all floats must be finite).
+_NOT_NEGATIVE = ("TRAIN.DISCRIMINATOR_LR", "TRAIN.GENERATOR_LR", "TRAIN.FT_LR_RETIO", "TRAIN.COEFF.KL")
+
+
+def _get(config, key):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def validate_config(config, stage=None, source=None):
+    """Check every value of a config before anything runs; raise a one-line
+    ``ConfigError`` naming the key (and ``source``, the file) and the fix.
+
+    ``stage`` 2 adds the Stage-II constraints.  Merging already checked the
+    keys and their types; this checks the values.
+    """
+    where = f"{source}: " if source else ""
+
+    def fail(key, value, requirement):
+        raise ConfigError(f"{where}{key} is {value!r}; {requirement}.")
+
+    for key, value in _leaves(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(key, value, "it must be a finite number")
+    for key, (least, what) in _AT_LEAST.items():
+        value = _get(config, key)
+        if value < least:
+            fail(key, value, f"it must be at least {least} ({what})")
+    for key in _NOT_NEGATIVE:
+        if _get(config, key) < 0:
+            fail(key, _get(config, key), "it must not be negative")
+    if not 0 <= config.SEED <= MAX_SEED:
+        fail("SEED", config.SEED, f"it must be between 0 and {MAX_SEED} (it seeds the initial weights, "
+                                  "the data order and the noise)")
+    if config.TEST.LR_IMSIZE % 16:
+        fail("TEST.LR_IMSIZE", config.TEST.LR_IMSIZE, "it must be a multiple of 16 (64 for the "
+                                                      "published models)")
+    if not config.DATASET_NAME:
+        fail("DATASET_NAME", config.DATASET_NAME, "name the dataset folder under DATA_DIR (e.g. "
+                                                  "birds, flowers or shapes)")
+    if config.EMBEDDING_TYPE not in EMBEDDING_FILES:
+        fail("EMBEDDING_TYPE", config.EMBEDDING_TYPE, f"use one of {', '.join(EMBEDDING_FILES)}")
+    for key, valid in (("TRAIN.XLA", XLA_SETTINGS), ("TRAIN.PRECISION", PRECISIONS)):
+        if _get(config, key) not in valid:
+            fail(key, _get(config, key), f"use {', '.join(repr(v) for v in valid)}")
+    if config.GAN.NETWORK_TYPE not in NETWORK_TYPES:
+        fail("GAN.NETWORK_TYPE", config.GAN.NETWORK_TYPE,
+             f"use {' or '.join(repr(t) for t in NETWORK_TYPES)}")
+    if stage == 2:
+        if config.GAN.NETWORK_TYPE != "default":
+            fail("GAN.NETWORK_TYPE", config.GAN.NETWORK_TYPE, "Stage-II exists only for 'default'")
+        if config.GAN.GF_DIM < 4:
+            fail("GAN.GF_DIM", config.GAN.GF_DIM, "Stage-II needs at least 4 (its last layers have "
+                                                  "GF_DIM / 4 channels)")
     return config

@@ -40,6 +40,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import misc.startup  # before TensorFlow: its start-up lines follow that level
+
 from misc import experiment
 from misc.checkpoints import Snapshotter, describe_checkpoint
 from misc.config import load_config

@@ -18,9 +18,21 @@ horizontal flip with p 0.5 for every image, "wrong" images drawn at random
 and moved by one random offset when they share the real image's class, and
 the text embedding = mean of ``NUM_EMBEDDING`` distinct random captions
 (with one caption: that caption, and its text).
+
+A batch is drawn in two parts: ``batch_draws`` takes every random choice of
+the batch from the epoch's generator (which images, crops, flips, wrong
+images, captions), ``batch_arrays`` builds the arrays from them.  An epoch's
+batches are thus a function of (seed, epoch), and an interrupted epoch
+resumes at any batch by repeating the draws of the batches before it without
+building them (``epoch_batches(first_batch=...)``).
+
+Loading validates every file of a split (shapes, dtypes, finite values,
+counts, file names that stay inside the dataset folder) and raises a
+one-line ``DatasetError`` naming the file, the entry and the fix.
 """
 
 import os
+import re
 
 import numpy as np
 
@@ -105,6 +117,22 @@ class Split:
                 self._caption_cache[index] = [c for c in f.read().split("\n") if c]
         return self._caption_cache[index]
 
+    def check_caption_files(self):
+        """Every image of the split must have its caption file (previews and
+        evaluation sheets read them); checked before training starts."""
+        missing = [i for i in range(self.num_examples) if not os.path.isfile(self.caption_path(i))]
+        if not missing:
+            return
+        folder = os.path.join(self.dataset_dir, "text_c10")
+        if not os.path.isdir(folder):
+            raise DatasetError(f"{folder}: caption folder missing (the {self.name} split's "
+                               f"{self.num_examples} images need their caption files). Put the "
+                               f"dataset's text_c10/ folder in {self.dataset_dir}/.")
+        raise DatasetError(
+            f"{self.caption_path(missing[0])}: caption file missing ({len(missing)} of the "
+            f"{self.num_examples} {self.name} images have none). Restore the dataset's "
+            "text_c10/ folder (captions are needed for previews and evaluation sheets).")
+
     # -- sampling ---------------------------------------------------------
 
     def wrong_indices(self, rng, ids):
@@ -116,14 +144,20 @@ class Split:
         wrong[collision] = (wrong[collision] + rng.integers(100, 200)) % n
         return wrong
 
-    def random_crops(self, rng, ids):
-        """Random crop_size crops with random horizontal flips (uint8)."""
-        s, size = self.crop_size, self.images.shape[1]
+    def crop_draws(self, rng, count):
+        """(rows, cols, flips) of ``count`` random crops with random
+        horizontal flips."""
+        room = self.images.shape[1] - self.crop_size
+        rows = np.floor(room * rng.random(count)).astype(int)
+        cols = np.floor(room * rng.random(count)).astype(int)
+        flips = rng.random(count) > 0.5
+        return rows, cols, flips
+
+    def crops(self, ids, draws):
+        """crop_size crops (uint8) of images ``ids`` at ``crop_draws``."""
+        s = self.crop_size
         out = np.empty((len(ids), s, s, 3), np.uint8)
-        rows = np.floor((size - s) * rng.random(len(ids))).astype(int)
-        cols = np.floor((size - s) * rng.random(len(ids))).astype(int)
-        flips = rng.random(len(ids)) > 0.5
-        for i, (index, r, c, flip) in enumerate(zip(ids, rows, cols, flips)):
+        for i, (index, r, c, flip) in enumerate(zip(ids, *draws)):
             crop = self.images[index, r:r + s, c:c + s]
             out[i] = crop[:, ::-1] if flip else crop
         return out
@@ -133,40 +167,64 @@ class Split:
         o = (size - s) // 2
         return self.images[np.asarray(ids)][:, o:o + s, o:o + s]
 
+    def caption_draws(self, rng, count, num_embedding):
+        """(count, k) distinct random caption indices per image, or None when
+        the split has one embedding per image."""
+        if self.embeddings.ndim == 2 or self.captions_per_image == 1:
+            return None
+        k = min(num_embedding, self.captions_per_image)
+        return np.stack([rng.choice(self.captions_per_image, k, replace=False) for _ in range(count)])
+
+    def embeddings_of(self, ids, chosen):
+        """(B, D) embeddings: the mean of the ``chosen`` captions' embeddings
+        (``caption_draws``), or the image's one embedding."""
+        if chosen is None:
+            return self.embeddings[ids].reshape(len(ids), -1)
+        picked = self.embeddings[np.asarray(ids)[:, None], chosen]
+        return picked[:, 0] if chosen.shape[1] == 1 else picked.mean(axis=1)
+
     def sample_embeddings(self, rng, ids, num_embedding):
         """(B, D) embeddings and, when one caption is drawn, its text."""
-        if self.embeddings.ndim == 2 or self.captions_per_image == 1:
-            return self.embeddings[ids].reshape(len(ids), -1), None
-        num_embedding = min(num_embedding, self.captions_per_image)
-        chosen = np.stack([rng.choice(self.captions_per_image, num_embedding, replace=False)
-                           for _ in ids])
-        picked = self.embeddings[np.asarray(ids)[:, None], chosen]
-        if num_embedding == 1:
-            captions = [self.captions(i)[j] if j < len(self.captions(i)) else ""
-                        for i, j in zip(ids, chosen[:, 0])]
-            return picked[:, 0], captions
-        return picked.mean(axis=1), None
+        chosen = self.caption_draws(rng, len(ids), num_embedding)
+        embeddings = self.embeddings_of(ids, chosen)
+        if chosen is None or chosen.shape[1] != 1:
+            return embeddings, None
+        captions = [self.captions(i)[j] if j < len(self.captions(i)) else ""
+                    for i, j in zip(ids, chosen[:, 0])]
+        return embeddings, captions
 
-    def training_batch(self, rng, ids, num_embedding):
-        """A reference training batch (uint8 images)."""
-        embeddings, _ = self.sample_embeddings(rng, ids, num_embedding)
+    def batch_draws(self, rng, ids, num_embedding):
+        """Every random choice of a reference training batch of images
+        ``ids``, drawn from ``rng`` in the reference loader's order."""
+        captions = self.caption_draws(rng, len(ids), num_embedding)
+        crops = self.crop_draws(rng, len(ids))
+        wrong = self.wrong_indices(rng, ids)
+        return {"ids": ids, "captions": captions, "crops": crops, "wrong": wrong,
+                "wrong_crops": self.crop_draws(rng, len(ids))}
+
+    def batch_arrays(self, draws):
+        """The training batch (uint8 images) of ``batch_draws``."""
         return {
-            "images": self.random_crops(rng, ids),
-            "wrong_images": self.random_crops(rng, self.wrong_indices(rng, ids)),
-            "embeddings": embeddings.astype(np.float32),
+            "images": self.crops(draws["ids"], draws["crops"]),
+            "wrong_images": self.crops(draws["wrong"], draws["wrong_crops"]),
+            "embeddings": self.embeddings_of(draws["ids"], draws["captions"]).astype(np.float32),
         }
 
     def steps_per_epoch(self, batch_size):
         return self.num_examples // batch_size
 
-    def epoch_batches(self, seed, epoch, batch_size, num_embedding):
-        """The batches of one epoch; a function of (seed, epoch) only, so an
-        interrupted epoch replays identically."""
+    def epoch_batches(self, seed, epoch, batch_size, num_embedding, first_batch=0):
+        """The batches of one epoch from batch ``first_batch`` on; a function
+        of (seed, epoch) only, so an interrupted epoch resumes identically:
+        the batches before ``first_batch`` are drawn (the generator advances
+        exactly as in an uninterrupted epoch) but not built."""
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(self.num_examples)
         for step in range(self.steps_per_epoch(batch_size)):
             ids = order[step * batch_size:(step + 1) * batch_size]
-            yield self.training_batch(rng, ids, num_embedding)
+            draws = self.batch_draws(rng, ids, num_embedding)
+            if step >= first_batch:
+                yield self.batch_arrays(draws)
 
 
 class TextDataset:
@@ -199,61 +257,143 @@ class TextDataset:
             raise DatasetError(
                 f"{split_dir}: dataset split folder not found. Put the dataset under "
                 f"{self.workdir}/ (see README, 'Data') or set DATASET_NAME / DATA_DIR.")
-        images = _load(
-            os.path.join(split_dir, self.image_filename), "image pickle",
-            "Create it from the raw images with misc/preprocess_birds.py or "
-            "misc/preprocess_flowers.py (see README, 'Data').")
-        images = safe_pickle.as_array(images, os.path.join(split_dir, self.image_filename))
-        embeddings = np.asarray(_load(
-            os.path.join(split_dir, self.embedding_filename), "text-embedding pickle",
-            "Download the preprocessed embeddings into this folder (see README, 'Data'), "
-            "or set EMBEDDING_TYPE to the embeddings you have."), dtype=np.float32)
-        filenames = _load(os.path.join(split_dir, "filenames.pickle"), "file-name list",
-                          "It comes with the preprocessed embeddings (see README, 'Data').")
-        class_ids = _load(os.path.join(split_dir, "class_info.pickle"), "class-id list",
-                          "It comes with the preprocessed embeddings (see README, 'Data').")
-        self._validate(split_dir, images, embeddings, filenames, class_ids)
-        if self.embedding_shape is not None and self.embedding_shape != [embeddings.shape[-1]]:
-            raise DatasetError(
-                f"{os.path.join(split_dir, self.embedding_filename)}: embedding dimension "
-                f"{embeddings.shape[-1]} differs from the other split's {self.embedding_shape[0]}; "
-                "both splits must come from the same text encoder.")
-        self.embedding_shape = [int(embeddings.shape[-1])]
-        return Split(images, embeddings, [str(f) for f in filenames],
-                     np.asarray(class_ids).astype(np.int64).reshape(-1), self.workdir,
-                     self.image_shape[0], name or os.path.basename(os.path.normpath(split_dir)))
-
-    def _validate(self, split_dir, images, embeddings, filenames, class_ids):
         image_path = os.path.join(split_dir, self.image_filename)
-        size = LOAD_SIZES[self.hr_lr_ratio]
-        if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-            raise DatasetError(
-                f"{image_path}: expected uint8 images of shape N x {size} x {size} x 3, got "
-                f"{images.dtype} {images.shape}. Re-run the preprocessing script.")
         emb_path = os.path.join(split_dir, self.embedding_filename)
-        if embeddings.ndim not in (2, 3):
-            raise DatasetError(
-                f"{emb_path}: expected embeddings of shape N x captions x D or N x D, "
-                f"got {embeddings.shape}.")
+        names_path = os.path.join(split_dir, "filenames.pickle")
+        class_path = os.path.join(split_dir, "class_info.pickle")
+        images = image_array(_load(
+            image_path, "image pickle",
+            "Create it from the raw images with misc/preprocess_birds.py or "
+            "misc/preprocess_flowers.py (see README, 'Data')."), image_path, LOAD_SIZES[self.hr_lr_ratio])
+        embeddings = embedding_array(_load(
+            emb_path, "text-embedding pickle",
+            "Download the preprocessed embeddings into this folder (see README, 'Data'), "
+            "or set EMBEDDING_TYPE to the embeddings you have."), emb_path)
+        filenames = file_names(_load(names_path, "file-name list",
+                                     "It comes with the preprocessed embeddings (see README, 'Data')."),
+                               names_path)
+        class_ids = class_id_array(_load(class_path, "class-id list",
+                                         "It comes with the preprocessed embeddings (see README, 'Data')."),
+                                   class_path)
         n = len(images)
-        for what, count, path in (
-            ("embeddings", len(embeddings), emb_path),
-            ("file names", len(filenames), os.path.join(split_dir, "filenames.pickle")),
-            ("class ids", len(class_ids), os.path.join(split_dir, "class_info.pickle")),
-        ):
+        for what, count, path in (("embeddings", len(embeddings), emb_path),
+                                  ("file names", len(filenames), names_path),
+                                  ("class ids", len(class_ids), class_path)):
             if count != n:
                 raise DatasetError(
                     f"{path}: has {count} {what} but {image_path} has {n} images; the files "
                     "of a split must describe the same images in the same order.")
+        bad = np.flatnonzero(~np.isfinite(embeddings.reshape(n, -1)).all(axis=1))
+        if len(bad):
+            raise DatasetError(
+                f"{emb_path}: the embeddings of {len(bad)} image(s) contain NaN or infinite values, "
+                f"the first image {bad[0]} ({filenames[bad[0]]}). Regenerate the embeddings.")
+        if self.embedding_shape is not None and self.embedding_shape != [embeddings.shape[-1]]:
+            raise DatasetError(
+                f"{emb_path}: embedding dimension {embeddings.shape[-1]} differs from the other "
+                f"split's {self.embedding_shape[0]}; both splits must come from the same text encoder.")
+        self.embedding_shape = [int(embeddings.shape[-1])]
+        return Split(images, embeddings, filenames, class_ids, self.workdir, self.image_shape[0],
+                     name or os.path.basename(os.path.normpath(split_dir)))
+
+
+def image_array(images, path, size):
+    """The N x size x size x 3 uint8 array of an image pickle (a list of
+    images or one array); ``DatasetError`` naming the first bad image."""
+    expected = f"uint8 images of {size} x {size} x 3 (N x {size} x {size} x 3)"
+    fix = "Re-run the preprocessing script (misc/preprocess_birds.py, misc/preprocess_flowers.py)."
+    if isinstance(images, (list, tuple)):
+        for i, image in enumerate(images):
+            shape = getattr(image, "shape", None)
+            if not isinstance(image, np.ndarray) or shape != (size, size, 3) or image.dtype != np.uint8:
+                got = (f"{image.dtype} {shape}" if isinstance(image, np.ndarray)
+                       else type(image).__name__)
+                raise DatasetError(f"{path}: image {i} is {got}; expected {expected}. {fix}")
+        images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    if not isinstance(images, np.ndarray):
+        raise DatasetError(f"{path}: holds a {type(images).__name__}; expected {expected}. {fix}")
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+        raise DatasetError(f"{path}: expected {expected}, got {images.dtype} {images.shape}. {fix}")
+    if not len(images):
+        raise DatasetError(f"{path}: has no images; a split needs at least one. {fix}")
+    return images
+
+
+def embedding_array(embeddings, path):
+    """The float32 N x captions x D (or N x D) array of an embedding pickle."""
+    fix = "expected float embeddings of shape N x captions x D or N x D. Regenerate the embeddings."
+    try:
+        array = np.asarray(embeddings)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        detail = " ".join(str(exc).split())[:120]
+        raise DatasetError(f"{path}: not an array of numbers ({detail}); {fix}") from None
+    if array.dtype.kind not in "fiu":
+        raise DatasetError(f"{path}: holds {array.dtype} values, not numbers; {fix}")
+    array = array.astype(np.float32)
+    if array.ndim not in (2, 3) or 0 in array.shape[1:]:
+        raise DatasetError(f"{path}: has shape {array.shape}; {fix}")
+    return array
+
+
+_PATH_SEPARATORS = re.compile(r"[/\\]")
+
+
+def path_problem(name):
+    """Why ``name`` cannot be used as a relative path inside the dataset and
+    output folders (None if it can)."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if not name:
+        return "is empty"
+    if "\0" in name:
+        return "contains a NUL byte"
+    if os.path.isabs(name) or name[0] in "/\\" or re.match(r"[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in _PATH_SEPARATORS.split(name):
+        return "contains a '..' component"
+    return None
+
+
+def file_names(names, path):
+    """The file names of a split as strings; each must be a relative path
+    that stays inside the folders it is joined to (captions, evaluation
+    sheets)."""
+    if isinstance(names, np.ndarray):
+        names = names.tolist()
+    if not isinstance(names, (list, tuple)):
+        raise DatasetError(f"{path}: holds a {type(names).__name__}; expected a list of file names.")
+    for i, name in enumerate(names):
+        problem = path_problem(name)
+        if problem:
+            raise DatasetError(
+                f"{path}: entry {i} ({name!r:.80}) {problem}; file names must be relative paths "
+                "inside the dataset (they name caption files and evaluation sheets). Fix the list.")
+    return list(names)
+
+
+def class_id_array(class_ids, path):
+    """The integer class ids of a split."""
+    if isinstance(class_ids, np.ndarray):
+        class_ids = class_ids.reshape(-1).tolist()
+    if not isinstance(class_ids, (list, tuple)):
+        raise DatasetError(f"{path}: holds a {type(class_ids).__name__}; expected a list of "
+                           "integer class ids, one per image.")
+    for i, value in enumerate(class_ids):
+        if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or
+                                           (isinstance(value, float) and value.is_integer())):
+            raise DatasetError(f"{path}: entry {i} is {value!r:.40}; expected integer class ids, "
+                               "one per image.")
+    return np.asarray(class_ids, dtype=np.int64)
 
 
 def dataset_dir(config):
     return os.path.join(config.DATA_DIR, config.DATASET_NAME)
 
 
-def load_dataset(config, hr_lr_ratio, splits=("train", "test")):
-    """Load the configured dataset's splits, generating the bundled
-    synthetic dataset first when it is named and missing."""
+def load_dataset(config, hr_lr_ratio, splits=("train", "test"), captions=()):
+    """Load and validate the configured dataset's splits, generating the
+    bundled synthetic dataset first when it is named and missing.  Every
+    image of the ``captions`` splits must have its caption file."""
     workdir = dataset_dir(config)
     if config.DATASET_NAME == "shapes":
         from data.generate_shapes import ensure_dataset
@@ -267,4 +407,6 @@ def load_dataset(config, hr_lr_ratio, splits=("train", "test")):
     dataset = TextDataset(workdir, config.EMBEDDING_TYPE, hr_lr_ratio)
     for split in splits:
         setattr(dataset, split, dataset.get_data(os.path.join(workdir, split), split))
+    for split in captions:
+        getattr(dataset, split).check_caption_files()
     return dataset

@@ -1,37 +1,53 @@
 """What the Stage-I and Stage-II experiments (``stageI/experiment.py``,
 ``stageII/experiment.py``) share: the command line, the distribution
 strategy, the output folder, the training driver around ``keras.Model.fit``,
-the evaluation output layout and turning failures into one-line errors."""
+the evaluation output layout and turning failures into one-line errors.
+
+Exit codes of the commands (``run_main``): 0 done; 2 a one-line error (bad
+input found before anything was written, or a failure during training such
+as a full disk or divergence, naming the last good snapshot); 130 / 143
+stopped by Ctrl-C (SIGINT) / SIGTERM after saving a snapshot to resume from
+(128 + the signal number, as a shell reports a process ended by that
+signal); 1 an unexpected error (a bug: its traceback is printed).
+"""
 
 import argparse
 import datetime
+import itertools
 import os
 import pprint
+import signal
 import sys
+
+from misc.startup import nvidia_driver_present
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from misc.acceleration import PRECISIONS, XLA_SETTINGS, check_settings, configure_threads, describe
-from misc.atomic import write_text
+from misc.acceleration import configure_threads, describe
+from misc.atomic import WriteError, exclusive_lock, write_text
 from misc.callbacks import (
     DivergenceGuard,
     EpochEnd,
     FirstStepTime,
+    KeepEpochMeans,
     LearningRateSchedule,
     PeriodicSnapshot,
     Progress,
+    StopOnSignal,
     TensorBoardSummaries,
     TrainingDiverged,
 )
-from misc.checkpoints import Snapshotter
-from misc.config import ConfigError, load_config
+from misc.checkpoints import RUN_LOCK, Snapshotter, remove_snapshot_leftovers
+from misc.config import PRECISIONS, XLA_SETTINGS, ConfigError, load_config, validate_config
 from misc.datasets import LR_IMAGE_SIZE, DatasetError
 from misc.input_pipeline import training_dataset
 from misc.tf1_checkpoint import CheckpointError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingDiverged)
+# Errors that end a command with a one-line message and EXIT_ERROR.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingDiverged, WriteError)
+EXIT_ERROR = 2
 
 
 def parse_args(description, argv=None):
@@ -48,55 +64,63 @@ def parse_args(description, argv=None):
 def add_step_arguments(parser):
     """--xla and --precision: override TRAIN.XLA and TRAIN.PRECISION."""
     parser.add_argument("--xla", choices=XLA_SETTINGS, default=None,
-                        help="compile the training step with XLA: auto (on CPUs), on, off "
-                             "(default: TRAIN.XLA)")
+                        help="compile the training step with XLA: auto (where measured faster), "
+                             "on, off (default: TRAIN.XLA)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="float32, mixed (float16 on GPUs, bfloat16 on CPUs that have it), "
                              "mixed_float16, mixed_bfloat16 (default: TRAIN.PRECISION)")
 
 
-def load_run_config(args):
-    """The config of a run; also seeds the initial weights with SEED (data
-    order and noise are seeded from it too), so a run is repeatable.  The
-    devices come from --gpu (``make_strategy``), not from GPU_ID."""
+def load_run_config(args, stage=None):
+    """The config of a run, validated (for ``stage`` when given); also seeds
+    the initial weights with SEED (data order and noise are seeded from it
+    too), so a run is repeatable.  The devices come from --gpu
+    (``make_strategy``), not from GPU_ID."""
     config = load_config(args.cfg_file)
+    validate_config(config, stage, source=args.cfg_file)
     if args.gpu is not None:
         parse_gpu_ids(args.gpu)  # a bad --gpu fails before anything is printed
     if getattr(args, "xla", None) is not None:
         config.TRAIN.XLA = args.xla
     if getattr(args, "precision", None) is not None:
         config.TRAIN.PRECISION = args.precision
-    check_settings(config)
     configure_threads(config)
     keras.utils.set_random_seed(config.SEED)
     return config
 
 
 def parse_gpu_ids(text):
+    """'0' or '0,1' -> [0] or [0, 1]: distinct non-negative ids."""
+    usage = f"--gpu {text!r}: give GPU ids such as 0 or 0,1 (distinct, from 0)."
     try:
         ids = [int(part) for part in str(text).split(",") if part.strip() != ""]
     except ValueError:
-        raise ConfigError(f"--gpu {text!r}: give GPU ids such as 0 or 0,1.") from None
-    if not ids:
-        raise ConfigError(f"--gpu {text!r}: give GPU ids such as 0 or 0,1.")
+        raise ConfigError(usage) from None
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise ConfigError(usage)
     return ids
 
 
 def make_strategy(gpu=None, log=print):
     """MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster,
     MirroredStrategy over the chosen (default: all visible) GPUs, else the
-    default single-device strategy."""
+    default single-device strategy.  An id beyond the visible GPUs is an
+    error; on a machine without GPUs the CPU is used (with a warning)."""
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     if gpu is not None:
         wanted = parse_gpu_ids(gpu)
-        missing = [i for i in wanted if i >= len(gpus)]
-        if missing:
-            log(f"warning: GPU {missing} not available ({len(gpus)} visible); "
-                "using the available devices.")
-        gpus = [gpus[i] for i in wanted if i < len(gpus)]
-        if gpus:
+        if not gpus:
+            why = "" if nvidia_driver_present() else " (no NVIDIA driver is installed)"
+            log(f"warning: --gpu {gpu}: no GPU is visible to TensorFlow{why}; training on the CPU.")
+        else:
+            missing = [i for i in wanted if i >= len(gpus)]
+            if missing:
+                raise ConfigError(
+                    f"--gpu {gpu}: GPU {missing[0]} does not exist; {len(gpus)} GPU(s) are visible "
+                    f"(ids 0 to {len(gpus) - 1}; CUDA_VISIBLE_DEVICES renumbers them).")
+            gpus = [gpus[i] for i in wanted]
             tf.config.set_visible_devices(gpus, "GPU")
     if gpus:
         devices = [f"/gpu:{i}" for i in range(len(gpus))]
@@ -105,11 +129,20 @@ def make_strategy(gpu=None, log=print):
 
 
 def new_log_dir(config, root="ckt_logs"):
-    """ckt_logs/<dataset>/<CONFIG_NAME>_<timestamp>/ (created)."""
+    """ckt_logs/<dataset>/<CONFIG_NAME>_<timestamp>/, created; a run started
+    in the same second as another gets <...>-2, -3, ...: every run has its
+    own folder (made with an atomic mkdir)."""
     stamp = datetime.datetime.now().astimezone().strftime("%Y_%m_%d_%H_%M_%S")
-    path = os.path.join(root, config.DATASET_NAME, f"{config.CONFIG_NAME}_{stamp}")
-    os.makedirs(path, exist_ok=True)
-    return path
+    parent = os.path.join(root, config.DATASET_NAME)
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.join(parent, f"{config.CONFIG_NAME}_{stamp}")
+    for number in itertools.count(1):
+        path = base if number == 1 else f"{base}-{number}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
 
 
 def print_config(config):
@@ -138,53 +171,126 @@ def check_batch_size(batch_size, strategy):
             "(devices) training together.")
 
 
-def train(gan, split, config, log_dir, rate_for, preview, keep_every_n_hours=2):
-    """Run the reference training loop with ``fit`` from the gan's counter.
-
-    The epoch restarts at ``counter // iterations_per_epoch`` as in the
-    reference; snapshots go to ``log_dir``; Ctrl-C saves a snapshot first.
-    """
-    train_cfg = config.TRAIN
-    steps = split.steps_per_epoch(train_cfg.BATCH_SIZE)
+def iterations_per_epoch(split, batch_size):
+    """Iterations of an epoch (the reference's ``num_examples // batch``)."""
+    steps = split.steps_per_epoch(batch_size)
     if steps < 1:
         raise ConfigError(
-            f"TRAIN.BATCH_SIZE {train_cfg.BATCH_SIZE} is larger than the "
-            f"{split.num_examples} training images; lower it.")
-    counter = int(gan.counter.numpy())
-    first_epoch = counter // steps
-    if first_epoch >= train_cfg.MAX_EPOCH:
-        print(f"Nothing to train: the model is at epoch {first_epoch} "
-              f"(iteration {counter}) and TRAIN.MAX_EPOCH is {train_cfg.MAX_EPOCH}.")
+            f"TRAIN.BATCH_SIZE {batch_size} is larger than the {split.num_examples} images of "
+            f"the {split.name} split in {split.dataset_dir}; lower TRAIN.BATCH_SIZE.")
+    return steps
+
+
+def caption_splits(config):
+    """The splits whose captions a training run reads (previews): test, and
+    train when one caption is drawn per image."""
+    return ("train", "test") if config.TRAIN.NUM_EMBEDDING == 1 else ("test",)
+
+
+def fit_phases(counter, steps, max_epoch):
+    """The ``fit`` calls that train from iteration ``counter`` to the end of
+    epoch ``max_epoch - 1``: (initial epoch, end epoch, steps per epoch,
+    first iteration).  Resumed mid-epoch, the first call trains the rest of
+    the interrupted epoch, so that epoch numbers, learning rates, previews
+    and the final iteration are those of an uninterrupted run."""
+    epoch, batch = divmod(counter, steps)
+    phases = []
+    if batch and epoch < max_epoch:
+        phases.append((epoch, epoch + 1, steps - batch, counter))
+        epoch += 1
+    if epoch < max_epoch:
+        phases.append((epoch, max_epoch, steps, epoch * steps))
+    return phases
+
+
+def train(gan, split, config, make_preview, rate_for, start_path=None, keep_every_n_hours=2):
+    """Run the reference training loop with ``fit`` from the gan's counter.
+
+    Iteration ``counter`` is batch ``counter % steps`` of epoch
+    ``counter // steps``; the run continues exactly there (same batches,
+    noise, learning rates, epoch means), so it ends at the same final
+    iteration with the same weights as an uninterrupted one.  A new log
+    folder is made (leftovers of interrupted saves are first removed from
+    the folder of ``start_path``, the checkpoint resumed from) and
+    ``make_preview(log_dir)`` gives the per-epoch preview.  SIGINT / SIGTERM
+    stop at the next step boundary, save a snapshot and exit 130 / 143;
+    other failures end in a one-line error naming the last good snapshot.
+    Returns the final snapshot (None when there was nothing to train).
+    """
+    train_cfg = config.TRAIN
+    steps = iterations_per_epoch(split, train_cfg.BATCH_SIZE)
+    first = int(gan.counter.numpy())
+    phases = fit_phases(first, steps, train_cfg.MAX_EPOCH)
+    if not phases:
+        print(f"Nothing to train: the model is at epoch {first // steps} "
+              f"(iteration {first}) and TRAIN.MAX_EPOCH is {train_cfg.MAX_EPOCH}.")
         return None
-    dataset = training_dataset(split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
-                               gan.noise_spec(), seed=config.SEED,
-                               first_epoch=first_epoch, first_step=counter)
-    snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=keep_every_n_hours)
-    writer = tf.summary.create_file_writer(log_dir)
-    guard = DivergenceGuard(gan, snapshotter)
-    snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard)
-    callbacks = [
-        FirstStepTime(gan.jit_compile),
-        LearningRateSchedule(gan, rate_for),
-        guard,
-        snapshot,
-        TensorBoardSummaries(gan, writer),
-        Progress(),  # before EpochEnd, so the bar's line is finished first
-        EpochEnd(gan, lambda epoch: preview(epoch, writer)),
-    ]
-    print(describe(config, gan.jit_compile, gan.compute_policy()))
-    print(f"Training from iteration {counter} (epoch {first_epoch}), "
-          f"{steps} iterations per epoch, logs in {log_dir}")
-    try:
-        gan.fit(dataset, epochs=train_cfg.MAX_EPOCH, initial_epoch=first_epoch,
-                steps_per_epoch=steps, callbacks=callbacks, verbose=1, shuffle=False)
-    except KeyboardInterrupt:
-        path = snapshot.save()
-        print(f"\nInterrupted at iteration {int(gan.counter.numpy())}; resume with "
-              f"TRAIN.PRETRAINED_MODEL: {path}")
-        raise SystemExit(130) from None
-    finally:
-        writer.close()
+    if start_path:
+        for path in remove_snapshot_leftovers(os.path.dirname(start_path) or "."):
+            print(f"Removed {path}, left by an interrupted snapshot.")
+    log_dir = new_log_dir(config)
+    with exclusive_lock(os.path.join(log_dir, RUN_LOCK)), StopOnSignal() as stop:
+        snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=keep_every_n_hours,
+                                  start_path=start_path)
+        writer = tf.summary.create_file_writer(log_dir)
+        guard = DivergenceGuard(gan, snapshotter)
+        snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard)
+        preview = make_preview(log_dir)
+        callbacks = [
+            FirstStepTime(gan.jit_compile),
+            stop,
+            LearningRateSchedule(gan, rate_for),
+            guard,
+            snapshot,
+            TensorBoardSummaries(gan, writer),
+            Progress(train_cfg.MAX_EPOCH),  # before EpochEnd, so the bar's line is finished first
+            EpochEnd(gan, lambda epoch: preview(epoch, writer), steps, log_dir),
+        ]
+        epoch, batch = divmod(first, steps)
+        print(describe(config, gan.jit_compile, gan.compute_policy()))
+        print(f"Training from iteration {first} (epoch {epoch}"
+              f"{f', batch {batch}' if batch else ''}), {steps} iterations per epoch, "
+              f"logs in {log_dir}")
+        finished = False
+        try:
+            for initial_epoch, end_epoch, epoch_steps, first_step in phases:
+                extra = [KeepEpochMeans(gan)] if first_step % steps else []
+                dataset = training_dataset(split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
+                                           gan.noise_spec(), seed=config.SEED, first_step=first_step)
+                gan.fit(dataset, epochs=end_epoch, initial_epoch=initial_epoch,
+                        steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=1,
+                        shuffle=False)
+                if stop.received:
+                    break
+            if int(gan.counter.numpy()) != first:
+                snapshot.save_if_new()
+            finished = True
+        except KeyboardInterrupt:  # a second signal: stop at once
+            print(f"\nStopped at once, without saving. {snapshotter.resume_hint()}", file=sys.stderr)
+            raise SystemExit(128 + (stop.received or signal.SIGINT)) from None
+        except TrainingDiverged:
+            raise  # names the last good snapshot itself
+        except WriteError as exc:  # disk full, ...: the snapshot or preview being written
+            raise WriteError(f"{exc} {snapshotter.resume_hint(' once that is fixed')}") from None
+        except (ConfigError, DatasetError, CheckpointError) as exc:  # found late, e.g. by a preview
+            raise type(exc)(f"{exc} {snapshotter.resume_hint()}") from None
+        except Exception:
+            print(f"\nerror: training stopped at iteration {int(gan.counter.numpy())} by the "
+                  f"unexpected error below. {snapshotter.resume_hint()}", file=sys.stderr)
+            raise
+        finally:
+            try:
+                writer.close()
+            except (OSError, tf.errors.OpError) as exc:
+                if finished:  # else an error is being reported already
+                    raise WriteError(f"{log_dir}: could not write the TensorBoard summaries "
+                                     f"({exc}). {snapshotter.resume_hint()}") from None
+    counter = int(gan.counter.numpy())
+    if stop.received and fit_phases(counter, steps, train_cfg.MAX_EPOCH):  # stopped before the end
+        where = snapshotter.last_good
+        print(f"\nStopped by {stop.signal_name} at iteration {counter}; "
+              + (f"resume with TRAIN.PRETRAINED_MODEL: {where}" if where else "no snapshot to resume from."))
+        raise SystemExit(128 + stop.received)
     return snapshotter.last_path
 
 
@@ -207,12 +313,17 @@ def first_caption_embeddings(split, ids):
 
 
 def run_main(main, argv=None):
-    """Run ``main`` and turn expected failures into one-line errors (exit 2)."""
+    """Run ``main`` and turn expected failures into one-line errors
+    (EXIT_ERROR); see the module docstring for the exit codes."""
     try:
         main(argv)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except FileNotFoundError as exc:
-        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_ERROR) from None
+    except OSError as exc:
+        what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        print(f"error: {what}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C).", file=sys.stderr)
+        raise SystemExit(130) from None

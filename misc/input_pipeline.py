@@ -32,23 +32,27 @@ def noise_for_step(seed, step, batch_size, noise_spec):
     return noise
 
 
-def training_dataset(split, batch_size, num_embedding, noise_spec, seed=0,
-                     first_epoch=0, first_step=0):
-    """Endless dataset of training batches starting at ``first_epoch``.
+def training_dataset(split, batch_size, num_embedding, noise_spec, seed=0, first_step=0):
+    """Endless dataset of training batches from iteration ``first_step`` on.
 
-    Every epoch is ``split.steps_per_epoch(batch_size)`` batches; iteration
-    numbers (for the noise) start at ``first_step``.
+    Iteration ``i`` is global batch ``i % steps`` of epoch ``i // steps``
+    (``steps = split.steps_per_epoch(batch_size)``) with the noise of
+    iteration ``i``, whatever iteration the dataset starts at: a run resumed
+    mid-epoch gets exactly the batches and noise of an uninterrupted one.
     """
-    if split.steps_per_epoch(batch_size) < 1:
+    steps = split.steps_per_epoch(batch_size)
+    if steps < 1:
         raise ValueError(
             f"TRAIN.BATCH_SIZE {batch_size} is larger than the {split.num_examples} training "
             "images; lower TRAIN.BATCH_SIZE.")
+    first_epoch, first_batch = divmod(first_step, steps)
     s = split.crop_size
 
     def generate():
         step = first_step
         for epoch in itertools.count(first_epoch):
-            for batch in split.epoch_batches(seed, epoch, batch_size, num_embedding):
+            skip = first_batch if epoch == first_epoch else 0
+            for batch in split.epoch_batches(seed, epoch, batch_size, num_embedding, first_batch=skip):
                 batch["step"] = np.int64(step)
                 step += 1
                 yield batch

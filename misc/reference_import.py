@@ -85,7 +85,8 @@ def import_reference_checkpoint(gan, path, trainable_only=False, scopes=None,
         for optimizer, scope, slot_names, power_suffix in gan.reference_optimizer_layout():
             variables = {n: v for n, v in wanted.items()
                          if n.startswith(scope + "/") and v.trainable}
-            if variables and ckpt.load_adam_state(optimizer, variables, slot_names, power_suffix):
+            if variables and ckpt.load_adam_state(optimizer, variables, slot_names, power_suffix,
+                                                  steps_if_unknown=ckpt.counter):
                 loaded_state = True
         if "global_step" in ckpt.shapes:
             gan.global_step.assign(int(ckpt.tensor("global_step")))

@@ -37,12 +37,12 @@ import tensorflow as tf
 from scipy import stats
 
 from misc.checkpoints import describe_checkpoint, restore_objects
-from misc.config import ConfigError
+from misc.config import NETWORK_TYPES, ConfigError
 from misc.datasets import HR_LR_RATIO, DatasetError
 from misc.experiment import build_stage_gan
 from misc.reference_import import LoadReport, import_reference_checkpoint
 from misc.tf1_checkpoint import CheckpointError, ReferenceCheckpoint
-from stageI.model import NETWORK_TYPES, StageIGenerator
+from stageI.model import StageIGenerator
 
 MAX_COPIES = 16  # the reference demo draws at most 16 samples per caption
 TRUNCATION = 2.0  # tf.truncated_normal drops values beyond two standard deviations

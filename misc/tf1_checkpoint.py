@@ -134,12 +134,12 @@ class ReferenceCheckpoint:
         return plan
 
     def load_adam_state(self, optimizer, variables, slot_names=("Adam", "Adam_1"),
-                        power_suffix=""):
+                        power_suffix="", steps_if_unknown=0):
         """Load m/v slots and the step count of one reference Adam optimizer.
 
         ``variables``: {reference name: trainable variable} the optimizer
         updates; ``slot_names``: suffixes of its m and v slots; the step count
-        comes from ``beta1_power<power_suffix>`` (= beta1 ** (steps + 1)).
+        comes from ``beta{1,2}_power<power_suffix>`` (see ``adam_steps``).
         Returns False (and loads nothing) when the checkpoint has no slots.
         """
         m_name, v_name = slot_names
@@ -149,11 +149,11 @@ class ReferenceCheckpoint:
             m, v = optimizer.slots(var)
             m.assign(self.tensor(f"{name}/{m_name}"))
             v.assign(self.tensor(f"{name}/{v_name}"))
-        power_name = f"beta1_power{power_suffix}"
-        if power_name in self.shapes:
-            power = float(self.tensor(power_name))
-            steps = int(round(np.log(power) / np.log(optimizer.beta_1))) - 1 if power > 0 else 0
-            optimizer.iterations.assign(max(steps, 0))
+        powers = [f"beta{i}_power{power_suffix}" for i in (1, 2)]
+        if all(p in self.shapes for p in powers):
+            beta1_power, beta2_power = (float(self.tensor(p)) for p in powers)
+            optimizer.iterations.assign(adam_steps(beta1_power, beta2_power, optimizer.beta_1,
+                                                   optimizer.beta_2, steps_if_unknown))
         return True
 
 
@@ -171,6 +171,27 @@ class ImportPlan:
     @property
     def complete(self):
         return not (self.mismatched or self.missing or self.unused)
+
+
+# A float32 0.999 ** (t + 1) is zero from here on (and 0.5 ** (t + 1) long
+# before): Adam's bias correction is then exactly 1.
+ADAM_POWERS_UNDERFLOW_STEPS = 110_000
+
+
+def adam_steps(beta1_power, beta2_power, beta_1, beta_2, steps_if_unknown=0):
+    """Steps a TF1 Adam had taken, from its accumulated powers
+    ``beta_i ** (steps + 1)`` (float32).  beta2_power is read first: 0.999
+    ** t stays representable up to ~100,000 steps, 0.5 ** t only to 149, so
+    the published checkpoints (164,000 iterations) have both powers at zero;
+    then the bias correction is 1 whatever the count, and the count is
+    ``steps_if_unknown`` (the iteration counter) or at least
+    ``ADAM_POWERS_UNDERFLOW_STEPS``."""
+    for beta, power in ((beta_2, beta2_power), (beta_1, beta1_power)):
+        if 0.0 < power < 1.0:
+            return max(int(round(np.log(power) / np.log(beta))) - 1, 0)
+        if power >= 1.0:
+            return 0
+    return max(int(steps_if_unknown or 0), ADAM_POWERS_UNDERFLOW_STEPS)
 
 
 def plan_import(model_shapes, checkpoint_shapes, scopes=None):

@@ -38,6 +38,11 @@ TYPE_BOOLEAN = 5
 TYPE_FUNCTION = 6
 TYPE_RECUR_FUNCTION = 8
 LEGACY_TYPE_RECUR_FUNCTION = 7
+# Deepest nesting of tables / torch objects read (each level is two Python
+# frames): far beyond any file torch.save writes for models or embeddings,
+# far below Python's recursion limit, so a maliciously deep file is an error
+# naming the file instead of a RecursionError.
+MAX_NESTING = 200
 
 # torch class-name prefix -> numpy element type
 ELEMENT_TYPES = {
@@ -97,6 +102,7 @@ class _Reader:
         self.long_size = long_size
         self.source = source
         self.objects = {}
+        self.depth = 0
 
     def fail(self, message):
         raise Torch7Error(f"{self.source}: {message} (at byte {self.pos}); "
@@ -133,6 +139,15 @@ class _Reader:
         return self.raw_string().decode("utf-8", errors="replace")
 
     def read(self):
+        if self.depth >= MAX_NESTING:
+            self.fail(f"objects nested deeper than {MAX_NESTING} levels")
+        self.depth += 1
+        try:
+            return self._read_object()
+        finally:
+            self.depth -= 1
+
+    def _read_object(self):
         code = self.int()
         if code == TYPE_NIL:
             return None

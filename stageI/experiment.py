@@ -6,6 +6,7 @@ runs: TRAIN.FLAG True trains (resuming from TRAIN.PRETRAINED_MODEL when set);
 False writes evaluation super-images for the test captions.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -103,20 +104,21 @@ def evaluate(gan, split, checkpoint_path, config):
 
 def main(argv=None):
     args = experiment.parse_args("Train or evaluate the Stage-I StackGAN", argv)
-    config = experiment.load_run_config(args)
+    config = experiment.load_run_config(args, stage=1)
     experiment.print_config(config)
     strategy = experiment.make_strategy(args.gpu)
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
-        dataset = load_dataset(config, hr_lr_ratio=1)
+        dataset = load_dataset(config, hr_lr_ratio=1, captions=experiment.caption_splits(config))
+        experiment.iterations_per_epoch(dataset.train, config.TRAIN.BATCH_SIZE)
         gan = build_gan(config, dataset.embedding_shape[0], strategy)
+        start = None
         if config.TRAIN.PRETRAINED_MODEL:
-            restore(gan, config.TRAIN.PRETRAINED_MODEL, dataset)
+            start = restore(gan, config.TRAIN.PRETRAINED_MODEL, dataset)
         else:
             print("Created model with fresh parameters.")
-        log_dir = experiment.new_log_dir(config)
-        preview = epoch_preview(gan, dataset, config, log_dir)
-        experiment.train(gan, dataset.train, config, log_dir, learning_rate_schedule(config), preview)
+        experiment.train(gan, dataset.train, config, functools.partial(epoch_preview, gan, dataset, config),
+                         learning_rate_schedule(config), start_path=start)
     else:
         if not config.TRAIN.PRETRAINED_MODEL:
             raise CheckpointError("TRAIN.FLAG is False (evaluation) but TRAIN.PRETRAINED_MODEL "

@@ -13,10 +13,9 @@ import tensorflow as tf
 
 from misc.blocks import ConditionalLogit, LayerFactory, relu, up
 from misc.conditioning import ConditioningAugmentation
+from misc.config import NETWORK_TYPES
 from misc.datasets import LR_IMAGE_SIZE
 from misc.layers import BatchNorm, Chain, ReferenceNamer, leaky_relu, reference_variables
-
-NETWORK_TYPES = ("default", "simple")
 
 
 def check_network_type(network_type):

@@ -10,6 +10,7 @@ or a Stage-II checkpoint to resume.  TRAIN.FLAG False writes evaluation
 sheets for the test captions.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -118,29 +119,30 @@ def evaluate(gan, split, checkpoint_path, config):
 
 def main(argv=None):
     args = experiment.parse_args("Train or evaluate the Stage-II StackGAN", argv)
-    config = experiment.load_run_config(args)
+    config = experiment.load_run_config(args, stage=2)
     experiment.print_config(config)
     strategy = experiment.make_strategy(args.gpu)
     pretrained = config.TRAIN.PRETRAINED_MODEL
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
-        dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO)
+        dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, captions=experiment.caption_splits(config))
+        experiment.iterations_per_epoch(dataset.train, config.TRAIN.BATCH_SIZE)
         embedding_dim = dataset.embedding_shape[0]
         gan = build_gan(config, embedding_dim, strategy)
+        start = None
         if pretrained:
-            restore(gan, pretrained, config, dataset)
+            start, _ = restore(gan, pretrained, config, dataset)
         else:
             print("Created model with fresh parameters. Warning: TRAIN.PRETRAINED_MODEL is empty, "
                   "so Stage-II trains on an untrained (and frozen, unless TRAIN.FINETUNE_LR) "
                   "Stage-I generator.")
-        log_dir = experiment.new_log_dir(config)
-        experiment.train(gan, dataset.train, config, log_dir, learning_rate_schedule(config),
-                         epoch_preview(gan, dataset, config, log_dir), keep_every_n_hours=5)
+        experiment.train(gan, dataset.train, config, functools.partial(epoch_preview, gan, dataset, config),
+                         learning_rate_schedule(config), start_path=start, keep_every_n_hours=5)
     else:
         if not pretrained:
             raise CheckpointError("TRAIN.FLAG is False (evaluation) but TRAIN.PRETRAINED_MODEL "
                                   "is empty: set it to the Stage-II checkpoint to evaluate.")
-        dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",))
+        dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",), captions=("test",))
         embedding_dim = dataset.embedding_shape[0]
         gan = build_gan(config, embedding_dim, strategy)
         path, stage = restore(gan, pretrained, config, dataset, "test")

@@ -16,6 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import misc.startup  # before TensorFlow: its start-up lines follow that level
+
 from misc.experiment import run_main
 from stageII.experiment import main
 

@@ -187,40 +187,47 @@ def l2(x):
 
 
 def noise_sensitivity(exact, samples, update=None):
-    """The float32 noise of an array, from float32 evaluations of it.
+    """The float32 noise floor of an array, from float32 evaluations of it.
 
     ``samples`` are float32 evaluations of a quantity Y (a variable's
     gradient, a batch statistic, a loss): ours, and ours from the state and
     inputs with every float32 number moved one ulp (random sign), each
-    rounding anew.  Their scatter -- the RMS difference of pairs over
-    sqrt(2), pooled over elements and pairs -- is Y's noise level sigma; it
-    measures rounding, not any bias the evaluations share.  The noise of
-    ``update(Y)`` (elementwise: the new weights or Adam slots, a moving
-    average; default the identity) is its L2 change when every element of Y,
-    at its ``exact`` value, moves by +-sigma.  Pooling keeps one element near
-    a singular point of ``update`` (Adam's first step around |g| ~ 3e-7)
-    from setting the scale by the luck of one draw.
+    rounding anew.  Their scatter -- RMS difference of pairs over sqrt(2) --
+    is Y's noise level: per element, but never below the level pooled over
+    the array's elements, so one element whose few draws happen to agree
+    does not get a floor of zero, while an element far noisier than the rest
+    (a channel of near-constant activations under batch norm) keeps its own.
+    The floor of ``update(Y)`` (elementwise: the new weights or Adam slots, a
+    moving average; default the identity) is the L2 norm over elements of the
+    largest change of each element when Y, at its ``exact`` value, moves by
+    up to +-NOISE_LEVELS noise levels: where ``update`` is steep or bends
+    (Adam's first step is nearly sign(g) * lr), an element within that band
+    of a bend may land anywhere the band reaches.
     """
     exact = np.asarray(exact, np.float64)
     samples = [np.asarray(s, np.float64) for s in samples]
     pairs = [(a, b) for i, a in enumerate(samples) for b in samples[i + 1:]]
-    sigma = np.sqrt(np.mean([np.mean(np.square(a - b)) / 2.0 for a, b in pairs]))
+    scatter = np.sqrt(np.mean([np.square(a - b) / 2.0 for a, b in pairs], axis=0))
+    band = NOISE_LEVELS * np.maximum(scatter, np.sqrt(np.mean(np.square(scatter))))
     if update is None:
-        return float(sigma * np.sqrt(exact.size))
+        return l2(band)
     base = update(exact)
-    moved = [update(exact + s) - base for s in (sigma, -sigma)]
-    return float(np.sqrt(0.5 * sum(l2(m) ** 2 for m in moved)))
+    reach = np.zeros_like(base)
+    for fraction in np.linspace(-1.0, 1.0, 9):  # the band, including the bends inside it
+        reach = np.maximum(reach, np.abs(update(exact + fraction * band) - base))
+    return l2(reach)
 
 
 def check_update_array(name, ours, ref, exact, noise):
     """Both float32 evaluations -- ours and the reference's -- against the
     exact value (L2 over the array): each must be within twice the other's
-    distance, or within ``NOISE_LEVELS`` float32 noise levels (``noise``,
-    combined with one ulp of each exact value).  Returns the two distances."""
+    distance, or within the float32 noise floor (``noise``, from
+    ``noise_sensitivity``, combined with NOISE_LEVELS ulps of each exact
+    value).  Returns the two distances."""
     ours, ref, exact = (np.asarray(a, np.float64).reshape(np.shape(exact)) for a in (ours, ref, exact))
     d_ours, d_ref = l2(ours - exact), l2(ref - exact)
-    rounding = l2(np.spacing(np.abs(exact).astype(np.float32)))
-    floor = NOISE_LEVELS * float(np.hypot(noise, rounding))
+    rounding = NOISE_LEVELS * l2(np.spacing(np.abs(exact).astype(np.float32)))
+    floor = float(np.hypot(noise, rounding))
     detail = (f"|ours - exact| = {d_ours:.3e}, |reference - exact| = {d_ref:.3e}, float32 noise floor "
               f"{floor:.3e} (L2 over {exact.size} values)")
     assert d_ref <= max(2.0 * d_ours, floor), (

@@ -133,7 +133,7 @@ def test_crops_flips_and_embedding_means(tiny):
     split.images = np.broadcast_to(np.arange(76, dtype=np.uint8)[None, None, :, None],
                                    (12, 76, 76, 3)).copy()  # pixel value = column
     rng = np.random.default_rng(0)
-    crops = split.random_crops(rng, np.arange(12))
+    crops = split.crops(np.arange(12), split.crop_draws(rng, 12))
     assert crops.shape == (12, 64, 64, 3)
     rows = crops[:, 0, :, 0].astype(int)
     steps = np.diff(rows, axis=1)
@@ -167,7 +167,7 @@ def test_epochs_are_deterministic_and_drop_the_remainder(tiny):
 def test_pipeline_batches_carry_per_step_noise(tiny):
     split = load_dataset(tiny, 1).train
     spec = {"eps": (8, "truncated_normal"), "z": (5, "normal")}
-    ds = training_dataset(split, 4, 4, spec, seed=9, first_epoch=2, first_step=6)
+    ds = training_dataset(split, 4, 4, spec, seed=9, first_step=6)  # epoch 2, batch 0
     batches = list(ds.take(4))
     assert batches[0]["images"].dtype == tf.uint8 and batches[0]["images"].shape == (4, 64, 64, 3)
     assert batches[0]["eps"].shape == (4, 8) and batches[0]["z"].shape == (4, 5)
@@ -177,6 +177,11 @@ def test_pipeline_batches_carry_per_step_noise(tiny):
     # epoch 3 starts after 3 batches of epoch 2, as the split's own epochs
     epoch3 = next(split.epoch_batches(9, 3, 4, 4))
     np.testing.assert_array_equal(batches[3]["images"], epoch3["images"])
+    # started mid-epoch (iteration 7: epoch 2, batch 1), the same batches and noise
+    resumed = list(training_dataset(split, 4, 4, spec, seed=9, first_step=7).take(3))
+    for a, b in zip(batches[1:], resumed):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_reference_text_dataset_api(tiny):

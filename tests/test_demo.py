@@ -26,7 +26,7 @@ from misc.sampling import draw_noise
 from misc.text_encoder import encode_captions
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
-from test_torch7 import embedding_file
+from test_torch7 import embedding_file, nested_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONS = ["this bird is red with white wings", "a small yellow bird with a black crown",
@@ -215,7 +215,15 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, native_stage_i, stage_i
         f.write(b"\x03\x00\x00\x00\x01\x00\x00\x00\xff\xff")
     np.savez(str(tmp_path / "bad_noise.npz"), z=np.zeros((1, 9), np.float32),
              eps=np.zeros((1, 16), np.float32))
+    deep_t7 = tmp_path / "deep.t7"
+    deep_t7.write_bytes(nested_tables(200_000))
+    a_file = write_lines(str(tmp_path / "a_file"), ["not a folder"])
+    before = sorted(os.listdir(tmp_path))
     cases = [
+        (["--caption_path", str(deep_t7)], ["deep.t7", "nested deeper than 200 levels"]),
+        (["--caption", "a bird", "--out", a_file], [a_file, "not a folder"]),
+        (["--caption", "a bird", "--save-arrays", str(tmp_path)], [str(tmp_path), "is a folder"]),
+        (["--caption", "a bird", "--gpu", "-2"], ["--gpu -2", "GPU id"]),
         (["--caption_path", str(tmp_path / "nope.t7")], ["nope.t7", "not found"]),
         (["--caption_path", emb31], ["emb31.npy", "31 dimensions", f"takes {TEXT_DIM}", prefix]),
         (["--caption_path", lonely], ["lonely.txt", "--caption_file"]),
@@ -230,6 +238,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, native_stage_i, stage_i
         err = demo_error(["--cfg", cfg] + argv, capsys)
         for part in parts:
             assert part in err, (argv, err)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
 
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(np.random.default_rng(0).bytes(1000))

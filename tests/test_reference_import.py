@@ -343,3 +343,32 @@ def test_reference_demo_configs_load_unchanged():
         for config in (demo, evaluation):
             dims = (config.Z_DIM, config.GAN.EMBEDDING_DIM, config.GAN.DF_DIM, config.GAN.GF_DIM)
             assert dims == (100, 128, 64, 128)
+
+
+@pytest.mark.parametrize("steps, name", [(200, "model_200.ckpt"), (164000, "birds_model_164000.ckpt")])
+def test_adam_step_count_survives_underflowed_powers(tmp_path, steps, name):
+    """A TF1 Adam stores beta ** (steps + 1) in float32: 0.5 ** 201 is already
+    zero, and after the published 164,000 iterations so is 0.999 ** 164001.
+    The imported optimizer must take the step the reference would take next."""
+    reader = tf.train.load_checkpoint(unpack_checkpoint("stageI", "v1", str(tmp_path / "ref")))
+    tensors = {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
+    for suffix in ("", "_1"):
+        tensors[f"beta1_power{suffix}"] = np.float32(0.5 ** (steps + 1))
+        tensors[f"beta2_power{suffix}"] = np.float32(0.999 ** (steps + 1))
+    assert tensors["beta1_power"] == 0.0 and (tensors["beta2_power"] > 0.0) == (steps < 100_000)
+    path = write_tf1_checkpoint(str(tmp_path / "edited" / name), tensors)
+    config = tiny_config()
+    gan = StageIGAN.from_config_tree(config, *build_stage_i(config, TEXT_DIM))
+    import_reference_checkpoint(gan, path)
+    assert int(gan.d_optimizer.iterations.numpy()) == steps
+    # the next step, as TF1's ApplyAdam computes it from the stored powers
+    var = gan.discriminator.reference_variables()["d_net/custom_conv2d/custom_conv2d/w"]
+    w0 = var.numpy().astype(np.float64)
+    m0, v0 = (s.numpy().astype(np.float64) for s in gan.d_optimizer.slots(var))
+    grad = np.random.default_rng(1).normal(size=var.shape).astype(np.float32)
+    gan.d_optimizer.apply_gradients([(tf.constant(grad), var)])
+    b1p, b2p = (np.float64(tensors[f"beta{i}_power_1"]) for i in (1, 2))
+    lr_t = 2e-4 * np.sqrt(1 - b2p) / (1 - b1p)
+    m = m0 + (grad - m0) * 0.5
+    v = v0 + (grad.astype(np.float64) ** 2 - v0) * (1 - np.float64(np.float32(0.999)))
+    np.testing.assert_allclose(var.numpy(), w0 - lr_t * m / (np.sqrt(v) + 1e-8), rtol=0, atol=1e-8)

@@ -132,6 +132,18 @@ def test_ensure_dataset_generates_only_missing_files(tmp_path):
     assert len(messages) == 2
     assert all(os.path.isfile(p) for p in required_files(path))
 
+    # A generation killed mid-write leaves atomic_open's temporaries: removed, nothing else.
+    captions = os.path.join(path, "text_c10", sorted(os.listdir(os.path.join(path, "text_c10")))[0])
+    leftovers = [os.path.join(path, "train", ".tmp-k3j2_x.pickle"), os.path.join(captions, ".tmp-9a8b.txt")]
+    for leftover in leftovers:
+        with open(leftover, "wb") as f:
+            f.write(b"half a pickle")
+    stamps = {p: os.stat(p).st_mtime_ns for p in required_files(path)}
+    ensure_dataset(str(tmp_path), num_train=4, num_test=2, log=messages.append)
+    assert not any(os.path.exists(p) for p in leftovers)
+    assert messages[-1].startswith(f"Removed 2 temporary file(s) left in {path}")
+    assert stamps == {p: os.stat(p).st_mtime_ns for p in required_files(path)}  # not regenerated
+
 
 def test_cli_runs_from_the_repository_root(tmp_path):
     out = tmp_path / "cli"

@@ -231,3 +231,23 @@ def test_broken_files_are_errors(tmp_path):
     path.write_bytes(np.random.default_rng(1).bytes(300))
     with pytest.raises(torch7.Torch7Error, match="random.t7"):
         torch7.load(str(path))
+
+
+def nested_tables(depth):
+    """A table holding a table ... ``depth`` deep (written flat: the writer
+    above would itself recurse that deep)."""
+    out = bytearray()
+    for index in range(1, depth + 1):
+        out += struct.pack("<iii", torch7.TYPE_TABLE, index, 1)  # one entry
+        out += struct.pack("<id", torch7.TYPE_NUMBER, 1.0)  # its key; its value follows
+    out += struct.pack("<i", torch7.TYPE_NIL)
+    return bytes(out)
+
+
+def test_deep_nesting_is_an_error_not_a_recursion_error():
+    with pytest.raises(torch7.Torch7Error, match="deep.t7: objects nested deeper than 200 levels"):
+        torch7.loads(nested_tables(200_000), source="deep.t7")
+    table = torch7.loads(nested_tables(torch7.MAX_NESTING - 1))
+    for _ in range(torch7.MAX_NESTING - 1):
+        table = table[1]
+    assert table is None

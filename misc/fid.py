@@ -1,0 +1,145 @@
+"""Fréchet Inception Distance as the FID papers compute it.
+
+Features: the 2048 ``pool_3`` activations of the 2015 ImageNet Inception
+graph that TTUR (github.com/bioinf-jku/TTUR, ``fid.py``) and pytorch-fid use,
+the frozen GraphDef ``classify_image_graph_def.pb`` from
+``inception-2015-12-05.tgz``.  Pictures are fed as float32 RGB in [0, 255],
+any size, to its ``ExpandDims:0`` tensor; the graph resizes them to 299x299
+(bilinear) and normalises them itself.  The file is given by the user; nothing
+is downloaded.
+
+Distance: ``|mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr(sqrtm(S1 S2))`` with the
+features' mean and covariance (``np.cov``, rows = pictures); as TTUR, when the
+square root of the product is not finite, 1e-6 is added to both diagonals,
+and a complex result is accepted only when the imaginary part of its
+diagonal is negligible (|.| <= 1e-3), its real part then used.
+"""
+
+import hashlib
+import json
+import os
+import warnings
+
+import numpy as np
+import scipy.linalg
+import tensorflow as tf
+
+from misc.atomic import atomic_open
+from misc.inception import InceptionError
+
+INPUT_TENSOR = "ExpandDims:0"
+FEATURE_TENSOR = "pool_3:0"
+SINGULAR_OFFSET = 1e-6
+STATS_VERSION = 1
+
+
+class FidGraph:
+    """The FID Inception graph, callable on batches of pictures."""
+
+    def __init__(self, path):
+        self.path = path
+        if not os.path.isfile(path):
+            raise InceptionError(f"{path}: FID Inception graph not found (--fid-weights). It is "
+                                 "classify_image_graph_def.pb of inception-2015-12-05.tgz (README, "
+                                 "'Evaluating a model').")
+        with open(path, "rb") as f:
+            data = f.read()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        graph_def = tf.compat.v1.GraphDef()
+        try:
+            graph_def.ParseFromString(data)
+        except Exception:
+            graph_def = None
+        names = {node.name for node in graph_def.node} if graph_def is not None else set()
+        wanted = {t.split(":")[0] for t in (INPUT_TENSOR, FEATURE_TENSOR)}
+        if not wanted <= names:
+            raise InceptionError(
+                f"{path}: not the FID Inception graph (a TensorFlow GraphDef with the tensors "
+                f"{INPUT_TENSOR} and {FEATURE_TENSOR}). Use classify_image_graph_def.pb of "
+                "inception-2015-12-05.tgz.")
+
+        def features(images):
+            pool, = tf.graph_util.import_graph_def(
+                graph_def, input_map={INPUT_TENSOR: images}, return_elements=[FEATURE_TENSOR],
+                name="fid")
+            return tf.reshape(pool, [-1, pool.shape[-1]])
+
+        try:
+            wrapped = tf.compat.v1.wrap_function(
+                features, [tf.TensorSpec([None, None, None, 3], tf.float32)])
+        except (ValueError, TypeError, tf.errors.OpError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise InceptionError(f"{path}: cannot use this graph for FID ({detail}).") from None
+        self._features = wrapped
+        self.dimension = wrapped.structured_outputs.shape[-1]  # 2048 for the 2015 graph
+        if self.dimension is None:
+            raise InceptionError(f"{path}: {FEATURE_TENSOR} has no fixed feature width; use "
+                                 "classify_image_graph_def.pb of inception-2015-12-05.tgz.")
+
+    def features(self, images):
+        """(B, dimension) pool_3 features of a batch of same-size pictures
+        (uint8 or float in [0, 255], B x H x W x 3)."""
+        batch = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+        return self._features(batch).numpy()
+
+
+def statistics(features):
+    """(mean, covariance) of (N, dimension) features, as TTUR / pytorch-fid."""
+    features = np.asarray(features, np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=SINGULAR_OFFSET):
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError("the two sets of statistics have different dimensions")
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # a singular product is handled below, as TTUR (disp=False)
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+        if not np.isfinite(covmean).all():
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the square "
+                             "root of the covariance product")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+# -- cached statistics of the real pictures ----------------------------------------
+
+def images_digest(images):
+    """Content hash of a uint8 picture array (the cache key of its statistics)."""
+    images = np.ascontiguousarray(images)
+    digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
+    digest.update(memoryview(images).cast("B"))
+    return digest.hexdigest()
+
+
+def cached_statistics(path, images, graph, batch_size, progress=None):
+    """(mu, sigma, from_cache) of the real pictures, from ``path`` when it was
+    written for the same pictures (content hash) and the same FID graph (file
+    hash); otherwise computed and written there atomically."""
+    key = {"version": STATS_VERSION, "images": images_digest(images), "count": len(images),
+           "size": list(images.shape[1:3]), "graph_sha256": graph.sha256}
+    if os.path.isfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if json.loads(str(data["key"])) == key:
+                    return data["mu"], data["sigma"], True
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: recomputed below
+    features = np.empty((len(images), graph.dimension), np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        features[start:start + len(batch)] = graph.features(batch)
+        if progress is not None:
+            progress(len(batch))
+    mu, sigma = statistics(features)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma, key=np.array(json.dumps(key, sort_keys=True)))
+    return mu, sigma, False

@@ -1,0 +1,179 @@
+"""misc/evaluate.py end to end: a tiny Stage-II model, the Inception fixture
+(tests/inception_support.py), a small FID graph; a folder of pictures; bad
+inputs."""
+
+import glob
+import json
+import os
+import shutil
+import types
+
+import numpy as np
+import pytest
+
+import inception_support
+from misc import experiment
+from misc.checkpoints import training_checkpoint
+from misc.config import load_config
+from misc.datasets import load_dataset
+from misc.evaluate import ModelSamples, main
+from misc.inception import (
+    authors_selection,
+    inception_score,
+    list_images,
+    to_uint8_truncated,
+)
+from misc.sampling import Sampler, draw_noise, load_generator
+from stageI.model import build_stage_i
+from stageI.trainer import StageIGAN
+from stageII.model import build_stage_ii
+from stageII.trainer import StageIIGAN
+from test_fid import write_fid_graph
+from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
+
+TEXT_DIM = 24
+_GENERATORS = {}  # checkpoint -> generator, loaded once
+
+
+@pytest.fixture(scope="module")
+def inception(tmp_path_factory):
+    return inception_support.checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    return inception_support.scorer(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny dataset (4 test images, 2 captions each), its config, random
+    Stage-II and Stage-I checkpoints of ours and a small FID graph."""
+    root = tmp_path_factory.mktemp("evaluate")
+    write_tiny_dataset(str(root / "data"), num_train=4, num_test=4, embedding_dim=TEXT_DIM,
+                       captions_per_image=2, stage_ii=True)
+    cfg = write_config(str(root / "tiny.yml"), tiny_train_config(
+        CONFIG_NAME="stageII", DATA_DIR=str(root / "data")))
+    config = load_config(cfg)
+    gan = StageIIGAN.from_config_tree(config, *build_stage_ii(config, TEXT_DIM))
+    gan.counter.assign(7)
+    prefix = training_checkpoint(gan).write(str(root / "run" / "model-7"))
+    stage_i = StageIGAN.from_config_tree(config, *build_stage_i(config, TEXT_DIM))
+    stage_i_prefix = training_checkpoint(stage_i).write(str(root / "stage_i" / "model-0"))
+    graph, _ = write_fid_graph(str(root / "classify_image_graph_def.pb"))
+    return types.SimpleNamespace(root=root, cfg=cfg, config=config, prefix=prefix,
+                                 stage_i_prefix=stage_i_prefix, graph=graph)
+
+
+def expected_score(model, prefix, scorer, count, batch_size, splits, seed):
+    """The score recomputed from the parts: samples for caption i // 4 of
+    test image i % 4 at the final stage's resolution, truncated to uint8,
+    the authors' selection and splits."""
+    if prefix not in _GENERATORS:
+        _GENERATORS[prefix] = load_generator(model.config, prefix)[0]
+    generator = _GENERATORS[prefix]
+    test = load_dataset(model.config, 1, splits=("test",)).test
+    rows = np.arange(count)
+    embeddings = test.embeddings[rows % 4, (rows // 4) % 2]
+    noise = draw_noise(np.random.default_rng(seed), count, generator.z_dim, generator.ef_dim)
+    lr, hr = Sampler(generator)(embeddings, noise["eps"], noise["z"], noise["hr_eps"])
+    pictures = to_uint8_truncated(lr if hr is None else hr)
+    probabilities = scorer.probabilities(list(pictures))
+    chosen = authors_selection(count, batch_size, seed)
+    return inception_score(probabilities[chosen], splits)[:2]
+
+
+def test_a_stage_ii_model_with_fid(model, inception, scorer, capsys):
+    result = main(["--cfg", model.cfg, "--checkpoint", model.prefix, "--inception", inception,
+                   "--fid-weights", model.graph, "--batch-size", "4", "--splits", "2", "--seed", "3"])
+    assert result["pictures"] == 8 and result["scored"] == 8 and result["resolution"] == 256
+    assert result["stage"] == 2 and result["iteration"] == 7 and result["captions_per_image"] == 2
+    mean, std = expected_score(model, model.prefix, scorer, 8, 4, 2, 3)
+    assert result["inception_score"]["mean"] == pytest.approx(mean, abs=1e-6)
+    assert result["inception_score"]["std"] == pytest.approx(std, abs=1e-6)
+    assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid_real_images"] == 4
+    with open(model.prefix + "_evaluation.json") as f:
+        assert json.load(f) == json.loads(json.dumps(result))
+    cache = os.path.join(model.root, "data", "tiny", "test", "fid_statistics_256.npz")
+    assert os.path.isfile(cache)
+    out = capsys.readouterr().out
+    assert "Inception Score" in out and f"{mean:.2f} ± {std:.2f}" in out and "FID" in out
+    assert "8 Stage-II samples (4 test images x 2 captions), 256x256" in out
+
+
+def test_a_stage_i_model_and_the_sample_count(model, inception, scorer, tmp_path):
+    out = str(tmp_path / "stage1.json")
+    result = main(["--cfg", model.cfg, "--checkpoint", model.stage_i_prefix, "--inception", inception,
+                   "--num-samples", "6", "--batch-size", "4", "--splits", "2", "--json", out])
+    assert result["pictures"] == 6 and result["scored"] == 4 and result["resolution"] == 64
+    assert result["stage"] == 1 and result["fid"] is None and os.path.isfile(out)
+    mean, std = expected_score(model, model.stage_i_prefix, scorer, 6, 4, 2, 0)
+    assert result["inception_score"]["mean"] == pytest.approx(mean, abs=1e-6)
+    assert result["inception_score"]["std"] == pytest.approx(std, abs=1e-6)
+
+
+def test_samples_take_the_captions_in_turn():
+    emb = np.arange(3 * 2 * 1).reshape(3, 2, 1)  # 3 images, 2 captions, 1-d
+    fake = types.SimpleNamespace(test=types.SimpleNamespace(num_examples=3, embeddings=emb), captions=2)
+    rows = np.arange(8)
+    taken = ModelSamples.embeddings(fake, rows)[:, 0]
+    # first captions of images 0,1,2, then second captions, then again from the first
+    assert taken.tolist() == [emb[0, 0, 0], emb[1, 0, 0], emb[2, 0, 0], emb[0, 1, 0], emb[1, 1, 0],
+                              emb[2, 1, 0], emb[0, 0, 0], emb[1, 0, 0]]
+
+
+def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path):
+    folder = shutil.copytree(inception_support.IMAGES_DIR, str(tmp_path / "samples"))
+    meta, golden = inception_support.meta(), inception_support.golden()
+    flags = meta["flags"]
+    result = main(["--images", folder, "--inception", inception, "--batch-size",
+                   str(flags["batch_size"]), "--splits", str(flags["splits"]), "--seed", str(meta["seed"])])
+    # The authors' predictions, in the order this folder is walked here.
+    by_name = dict(zip(meta["load_order"], golden["preds"]))
+    preds = np.stack([by_name[os.path.relpath(p, folder)] for p in list_images(folder)])
+    chosen = authors_selection(len(preds), flags["batch_size"], meta["seed"])
+    mean, std, _ = inception_score(preds[chosen], flags["splits"])
+    assert result["inception_score"]["mean"] == pytest.approx(mean, abs=1e-4)
+    assert result["inception_score"]["std"] == pytest.approx(std, abs=1e-4)
+    assert result["pictures"] == 10 and result["scored"] == 8
+    assert os.path.isfile(folder + "_evaluation.json")
+
+
+def run_error(argv, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        experiment.run_main(main, argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, capsys):
+    before = set(glob.glob(str(model.root / "**"), recursive=True))
+    base = ["--cfg", model.cfg, "--checkpoint", model.prefix]
+    missing = str(tmp_path / "model.ckpt-5000")
+    assert missing in run_error(base + ["--inception", missing], capsys)
+    assert "not the authors' Inception" in run_error(base + ["--inception", model.prefix], capsys)
+    garbage = tmp_path / "graph.pb"
+    garbage.write_bytes(b"\x00garbage" * 10)
+    assert "not the FID Inception graph" in run_error(
+        base + ["--inception", inception, "--fid-weights", str(garbage)], capsys)
+    absent = write_config(str(tmp_path / "absent.yml"), tiny_train_config(
+        CONFIG_NAME="stageII", DATASET_NAME="absent", DATA_DIR=str(model.root / "data")))
+    assert "dataset folder not found" in run_error(
+        ["--cfg", absent, "--checkpoint", model.prefix, "--inception", inception], capsys)
+    assert "fewer than the 10 splits" in run_error(base + ["--inception", inception], capsys)
+    assert "no Stage-II pictures" in run_error(["--cfg", model.cfg, "--checkpoint", model.stage_i_prefix,
+                                                "--inception", inception, "--stage", "2"], capsys)
+    folder = tmp_path / "pictures"
+    shutil.copytree(inception_support.IMAGES_DIR, folder)
+    assert "not both" in run_error(base + ["--images", str(folder), "--inception", inception], capsys)
+    assert "whole batches of 64" in run_error(["--images", str(folder), "--inception", inception], capsys)
+    (folder / "broken.png").write_bytes(b"not a picture")
+    assert "broken.png" in run_error(["--images", str(folder), "--inception", inception,
+                                      "--batch-size", "2", "--splits", "2"], capsys)
+    assert "--cfg" in run_error(["--images", str(folder), "--inception", inception,
+                                 "--fid-weights", model.graph], capsys)
+    assert set(glob.glob(str(model.root / "**"), recursive=True)) == before
+    assert not glob.glob(str(tmp_path / "*_evaluation.json"))
