@@ -21,6 +21,7 @@ can be.
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from golden_support import (
     OUR_D_UPDATE_ORDER,
@@ -132,6 +133,21 @@ def test_train_phase_forward(run, arrays):
         assert_close(f"train/logit_{which}", out[f"logit_{which}"], arrays[f"train/logit_{which}"], atol=1e-4)
         assert_close(f"train/hr_logit_{which}", out[f"hr_logit_{which}"],
                      arrays[f"train/hr_logit_{which}"], atol=1e-4)
+
+
+def test_train_phase_forward_under_xla(checkpoint, arrays):
+    """Both generators' training-mode forward pass compiled with XLA.  (The
+    Stage-II updates are compiled in no test: that takes minutes on a CPU;
+    Stage-I's are, in test_golden_stage_i.)"""
+    gan = STAGE.make_gan()
+    import_reference_checkpoint(gan, checkpoint)
+    b = golden_batch(arrays)
+    forward = tf.function(gan.stage_ii_forward, jit_compile=True)
+    g_out, hr_out = forward(*(tf.constant(b[k]) for k in ("embeddings", "d_eps", "d_z", "d_hr_eps")))
+    for prefix, out in (("", g_out), ("hr_", hr_out)):
+        assert_close(f"train/{prefix}c", out["c"], arrays[f"train/{prefix}c"], atol=1e-5)
+        assert_close(f"train/{prefix}fake_images", out["images"], arrays[f"train/{prefix}fake_images"],
+                     atol=1e-4)
 
 
 def test_logged_values(run, arrays):
