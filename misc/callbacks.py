@@ -141,7 +141,7 @@ class TensorBoardSummaries(keras.callbacks.Callback):
 
 class EpochEnd(keras.callbacks.Callback):
     """At the end of every epoch (counter a multiple of ``steps``):
-    ``preview(epoch)`` (sample images) and the reference's log line with the
+    ``preview(epoch)`` (sample images, unless None) and the reference's log line with the
     epoch's mean losses.  A ``fit`` epoch cut short by a stop is no epoch
     end."""
 
@@ -157,7 +157,8 @@ class EpochEnd(keras.callbacks.Callback):
         if int(self.gan.counter.numpy()) % self.steps:
             return
         try:
-            self.preview(epoch)
+            if self.preview is not None:  # None: a worker that writes no outputs
+                self.preview(epoch)
         except WriteError:
             raise
         except (OSError, tf.errors.OpError) as exc:
