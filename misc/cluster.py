@@ -85,10 +85,10 @@ def tf_config_cluster(text):
     return cluster, kind, index
 
 
-def slurm_step_tasks(environ=None):
+def slurm_step_tasks():
     """Number of tasks of the SLURM job step this process runs in (0 when
     not started by ``srun``)."""
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     if "SLURM_PROCID" not in environ:
         return 0
     try:
@@ -97,11 +97,11 @@ def slurm_step_tasks(environ=None):
         return 0
 
 
-def slurm_resolver(environ=None, gpus_present=True):
+def slurm_resolver(gpus_present=True):
     """A ``SlurmClusterResolver`` for this SLURM job step: one worker per
     task, ports from the job id; on nodes with GPUs, the node's GPUs are
     divided among its tasks (CUDA_VISIBLE_DEVICES)."""
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     try:
         job = int(environ.get("SLURM_JOB_ID", "0"))
         port = SLURM_PORT_BASE + SLURM_PORTS_PER_JOB * (job % 5000)
@@ -120,18 +120,33 @@ def slurm_resolver(environ=None, gpus_present=True):
         raise ConfigError(f"SLURM: cannot resolve the cluster of this job step ({exc}); {FIX}.") from None
 
 
-def cluster_resolver(gpus_present=True, environ=None):
+def cluster_resolver(gpus_present=True):
     """The cluster this process is a worker of: a resolver for TF_CONFIG
     (validated) or for a SLURM step of several tasks; None for a
     single-process run."""
-    environ = os.environ if environ is None else environ
-    text = environ.get("TF_CONFIG", "").strip()
+    text = os.environ.get("TF_CONFIG", "").strip()
     if text:
         tf_config_cluster(text)
         return tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    if slurm_step_tasks(environ) > 1:
-        return slurm_resolver(environ, gpus_present)
+    if slurm_step_tasks() > 1:
+        return slurm_resolver(gpus_present)
     return None
+
+
+def lost_worker_reason(exc):
+    """What a ``LOST_WORKER_ERRORS`` error says happened, in a few words:
+    which worker stopped, or that the connection to one broke."""
+    message = exc.message or ""
+    unhealthy = message.find("unhealthy")
+    if unhealthy >= 0:
+        task = re.search(r"/job:[^/\s]+/replica:\d+/task:\d+", message[unhealthy:])
+        if task:
+            return f"worker {task.group(0)} stopped (no heartbeat)"
+    remote = re.search(r"remote target (/job:[^/\s]+/replica:\d+/task:\d+)", message)
+    if remote:
+        return f"the connection to worker {remote.group(1)} broke"
+    first = " ".join(message.split("\n")[0].split())[:160]
+    return f"lost contact with another worker ({type(exc).__name__}: {first})"
 
 
 def is_chief(strategy):

@@ -42,7 +42,14 @@ from misc.callbacks import (
     TrainingDiverged,
 )
 from misc.checkpoints import RUN_LOCK, Snapshotter, remove_snapshot_leftovers
-from misc.cluster import LOST_WORKER_ERRORS, ClusterError, cluster_resolver, describe_worker, is_chief
+from misc.cluster import (
+    LOST_WORKER_ERRORS,
+    ClusterError,
+    cluster_resolver,
+    describe_worker,
+    is_chief,
+    lost_worker_reason,
+)
 from misc.config import PRECISIONS, XLA_SETTINGS, ConfigError, load_config, validate_config
 from misc.datasets import LR_IMAGE_SIZE, DatasetError
 from misc.input_pipeline import distributed_training_dataset
@@ -310,11 +317,9 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
         except LOST_WORKER_ERRORS as exc:
             if not multi_worker:
                 raise
-            reason = " ".join(exc.message.split("\n")[0].split())[:200]
-            raise ClusterError(
-                f"training stopped at iteration {int(gan.counter.numpy())}: lost contact with "
-                f"another worker ({type(exc).__name__}: {reason}). Restart every worker; "
-                f"{snapshotter.resume_hint()}") from None
+            raise ClusterError(f"training stopped at iteration {int(gan.counter.numpy())}: "
+                               f"{lost_worker_reason(exc)}. Restart every worker. "
+                               f"{snapshotter.resume_hint()}") from None
         except Exception:
             print(f"\nerror: training stopped at iteration {int(gan.counter.numpy())} by the "
                   f"unexpected error below. {snapshotter.resume_hint()}", file=sys.stderr)
