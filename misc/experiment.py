@@ -262,7 +262,7 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
     summaries and previews, and reports snapshots."""
     train_cfg = config.TRAIN
     multi_worker = isinstance(gan.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    with exclusive_lock(os.path.join(log_dir, RUN_LOCK)), StopOnSignal() as stop:
+    with exclusive_lock(os.path.join(log_dir, RUN_LOCK)), StopOnSignal(synchronized=multi_worker) as stop:
         snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=keep_every_n_hours,
                                   start_path=start_path, reported=chief)
         guard = DivergenceGuard(gan, snapshotter)
@@ -300,7 +300,7 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
                 gan.fit(dataset, epochs=end_epoch, initial_epoch=initial_epoch,
                         steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=1,
                         shuffle=False)
-                if stop.received:
+                if stop.should_stop:
                     break
             if int(gan.counter.numpy()) != first:
                 snapshot.save_if_new()
@@ -333,11 +333,11 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
                     raise WriteError(f"{log_dir}: could not write the TensorBoard summaries "
                                      f"({exc}). {snapshotter.resume_hint()}") from None
     counter = int(gan.counter.numpy())
-    if stop.received and fit_phases(counter, steps, train_cfg.MAX_EPOCH):  # stopped before the end
-        where = snapshotter.last_good
+    if stop.should_stop and fit_phases(counter, steps, train_cfg.MAX_EPOCH):  # stopped before the end
+        where = snapshotter.last_good if chief else f"the chief's model-{counter}"
         print(f"\nStopped by {stop.signal_name} at iteration {counter}; "
               + (f"resume with TRAIN.PRETRAINED_MODEL: {where}" if where else "no snapshot to resume from."))
-        raise SystemExit(128 + stop.received)
+        raise SystemExit(128 + stop.should_stop)
     return snapshotter.last_path
 
 

@@ -15,7 +15,8 @@ replica's):
     printed at the end of each epoch (shown by the progress bar);
   * ``summary/<tag>``: this step's scalars, as the reference wrote them to
     TensorBoard;
-  * ``histogram/<tag>``: this step's tensors for TensorBoard histograms.
+  * ``histogram/<tag>``: this step's tensors for TensorBoard histograms;
+and ``stop_requested`` (``STOP_KEY``), > 0 when a process asked to stop.
 """
 
 import keras
@@ -26,6 +27,10 @@ from misc.losses import replica_total
 
 SUMMARY_PREFIX = "summary/"
 HISTOGRAM_PREFIX = "histogram/"
+# Log entry > 0 when a process training this model asked to stop (its
+# ``stop_requested`` was set): every worker of a multi-worker run sees it
+# after the same iteration.
+STOP_KEY = "stop_requested"
 
 
 def global_batch_slot(values):
@@ -78,6 +83,10 @@ class GANTrainer(keras.Model):
                                       aggregation="only_first_replica")
         self.global_step = keras.Variable(0, dtype="int64", trainable=False, name="global_step",
                                           aggregation="only_first_replica")
+        # Set to 1 by a process that received SIGINT / SIGTERM; summed over
+        # the replicas in every step (the STOP_KEY log), so that the workers
+        # of a multi-worker run stop after the same iteration.
+        self.stop_requested = keras.Variable(0.0, dtype="float32", trainable=False, name="stop_requested")
         self.trackers = {k: keras.metrics.Mean(name=k) for k in self.epoch_log_keys}
         self._scalers = {}  # id(optimizer) -> its LossScaleOptimizer (float16)
 
@@ -127,7 +136,8 @@ class GANTrainer(keras.Model):
         logs.  ``rates`` (the learning rates) are the same on every replica
         and are logged as they are, not summed."""
         slots = {k: global_batch_slot(tf.cast(v, tf.float32)) for k, v in histograms.items()}
-        epoch_values, summaries, histograms = replica_total((epoch_values, summaries, slots))
+        epoch_values, summaries, histograms, stop = replica_total(
+            (epoch_values, summaries, slots, self.stop_requested.value))
         for key, tracker in self.trackers.items():
             tracker.update_state(epoch_values[key])
         self.counter.assign_add(1)
@@ -135,6 +145,7 @@ class GANTrainer(keras.Model):
         logs.update({SUMMARY_PREFIX + k: v for k, v in summaries.items()})
         logs.update({SUMMARY_PREFIX + k: tf.cast(v, tf.float32) for k, v in rates.items()})
         logs.update({HISTOGRAM_PREFIX + k: v for k, v in histograms.items()})
+        logs[STOP_KEY] = stop
         return logs
 
     # -- fit() under tf.distribute ------------------------------------------
