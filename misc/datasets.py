@@ -24,7 +24,8 @@ the batch from the epoch's generator (which images, crops, flips, wrong
 images, captions), ``batch_arrays`` builds the arrays from them.  An epoch's
 batches are thus a function of (seed, epoch), and an interrupted epoch
 resumes at any batch by repeating the draws of the batches before it without
-building them (``epoch_batches(first_batch=...)``).
+building them (``epoch_batches(first_batch=...)``), and a worker of a
+multi-worker run builds only its rows of each batch (``rows=...``).
 
 Loading validates every file of a split (shapes, dtypes, finite values,
 counts, file names that stay inside the dataset folder) and raises a

@@ -111,14 +111,19 @@ def parse_gpu_ids(text):
     return ids
 
 
-def make_strategy(gpu=None, log=print):
+def make_strategy(gpu=None, log=print, training=True):
     """MultiWorkerMirroredStrategy when this process is a worker of a cluster
     (TF_CONFIG, or a SLURM step of several tasks: ``misc.cluster``), each
     worker using its chosen (default: all visible) GPUs or its CPU;
     otherwise MirroredStrategy over the chosen GPUs, else the default
     single-device strategy.  An id beyond the visible GPUs is an error; on a
-    machine without GPUs the CPU is used (with a warning)."""
+    machine without GPUs the CPU is used (with a warning).  Only training
+    runs on a cluster (evaluation writes its sheets from one process)."""
     resolver = cluster_resolver(gpus_present=nvidia_driver_present())
+    if resolver is not None and not training:
+        raise ConfigError("TRAIN.FLAG is False (evaluation), which runs in one process, but this "
+                          "process is a worker of a cluster (TF_CONFIG or a SLURM step of several "
+                          "tasks): unset TF_CONFIG, or run it outside srun.")
     gpus = tf.config.list_physical_devices("GPU")
     if gpu is not None:
         wanted = parse_gpu_ids(gpu)
