@@ -11,7 +11,7 @@ Data is synthetic by default, in the reference format: random uint8 images of
 the stored size (76 x 76 for Stage-I, 304 x 304 for Stage-II) and random
 N x 10 x D text embeddings, held in a ``misc.datasets.Split`` in memory, so
 no dataset is needed (``--data`` uses the configured dataset instead).
-Batches come from ``misc.input_pipeline.training_dataset`` distributed with
+Batches come from ``misc.input_pipeline.distributed_training_dataset`` under
 the training strategy (``misc.experiment.make_strategy``), and each step is
 ``strategy.run(gan.train_step, ...)`` inside a ``tf.function``, compiled with
 XLA when the trainer's ``fit`` would (TRAIN.XLA, ``--xla``), as
@@ -64,7 +64,7 @@ from misc.datasets import (
     Split,
     load_dataset,
 )
-from misc.input_pipeline import training_dataset
+from misc.input_pipeline import distributed_training_dataset
 
 BIRDS_TRAIN_IMAGES = 8855  # CUB-200 training split, the reference dataset
 NUM_CLASSES = 200
@@ -223,9 +223,9 @@ def data_info(split, synthetic):
 def distributed_batches(split, config, gan, strategy):
     """An iterator over training batches, as ``fit`` gets them."""
     train = config.TRAIN
-    dataset = training_dataset(split, train.BATCH_SIZE, train.NUM_EMBEDDING, gan.noise_spec(),
-                               seed=config.SEED)
-    return iter(strategy.experimental_distribute_dataset(dataset))
+    dataset = distributed_training_dataset(strategy, split, train.BATCH_SIZE, train.NUM_EMBEDDING,
+                                           gan.noise_spec(), seed=config.SEED)
+    return iter(dataset)
 
 
 # -- model and step -------------------------------------------------------

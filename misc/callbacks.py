@@ -22,7 +22,7 @@ from tensorboard.plugins.histogram import summary as histogram_summary
 from tensorboard.plugins.scalar import summary as scalar_summary
 
 from misc.atomic import WriteError
-from misc.gan_trainer import HISTOGRAM_PREFIX, SUMMARY_PREFIX
+from misc.gan_trainer import HISTOGRAM_PREFIX, STOP_KEY, SUMMARY_PREFIX
 
 
 class TrainingDiverged(RuntimeError):
@@ -141,7 +141,7 @@ class TensorBoardSummaries(keras.callbacks.Callback):
 
 class EpochEnd(keras.callbacks.Callback):
     """At the end of every epoch (counter a multiple of ``steps``):
-    ``preview(epoch)`` (sample images) and the reference's log line with the
+    ``preview(epoch)`` (sample images, unless None) and the reference's log line with the
     epoch's mean losses.  A ``fit`` epoch cut short by a stop is no epoch
     end."""
 
@@ -157,7 +157,8 @@ class EpochEnd(keras.callbacks.Callback):
         if int(self.gan.counter.numpy()) % self.steps:
             return
         try:
-            self.preview(epoch)
+            if self.preview is not None:  # None: a worker that writes no outputs
+                self.preview(epoch)
         except WriteError:
             raise
         except (OSError, tf.errors.OpError) as exc:
@@ -194,15 +195,23 @@ class StopOnSignal(keras.callbacks.Callback):
     While the block ``with StopOnSignal() as stop:`` runs (in the main
     thread), the handler only records the signal; this callback then sets
     ``model.stop_training`` after the step in progress, and the training
-    driver saves a snapshot once ``fit`` has returned (``received`` holds
-    the signal number).  Nothing is saved from inside the handler.  A second
-    signal raises KeyboardInterrupt at once (stop without saving)."""
+    driver saves a snapshot once ``fit`` has returned (``stopped`` holds the
+    signal number).  Nothing is saved from inside the handler.  A second
+    signal raises KeyboardInterrupt at once (stop without saving).
+
+    ``synchronized`` (multi-worker runs): the workers must stop after the
+    same iteration, whichever of them got the signal and when.  A worker that
+    received one sets the model's ``stop_requested``; the next step sums it
+    over all replicas (the STOP_KEY log), and every worker stops after that
+    step."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, log=print):
+    def __init__(self, log=print, synchronized=False):
         super().__init__()
-        self.received = None
+        self.received = None  # the signal this process received
+        self.stopped = None  # the signal training stops for, once it does
+        self.synchronized = synchronized
         self.log = log
         self._previous = {}
 
@@ -223,15 +232,31 @@ class StopOnSignal(keras.callbacks.Callback):
         self.received = signum  # no I/O here: the main thread may be inside a print
 
     @property
+    def should_stop(self):
+        """The signal training stops (or stopped) for: the one received,
+        or, synchronized, once every worker knows of it."""
+        return self.stopped if self.synchronized else self.received
+
+    @property
     def signal_name(self):
-        return signal.Signals(self.received).name if self.received else None
+        return signal.Signals(self.should_stop).name if self.should_stop else None
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.received is not None and not self.model.stop_training:
+        if self.stopped is not None:
+            return
+        if not self.synchronized:
+            self.stopped = self.received
+        else:
+            if self.received is not None and float(self.model.stop_requested.numpy()) == 0:
+                self.model.stop_requested.assign(1.0)  # the others learn of it in the next step
+            if float((logs or {}).get(STOP_KEY, 0.0)) > 0:
+                self.stopped = self.received or signal.SIGTERM  # another worker got it
+        if self.stopped is not None:
             self.model.stop_training = True
-            self.log(f"\n{self.signal_name} received: stopping after iteration "
-                     f"{int(self.model.counter.numpy())} to save a snapshot (send it again to stop "
-                     "at once without saving).")
+            why = (f"{signal.Signals(self.received).name} received" if self.received
+                   else "another worker received a signal")
+            self.log(f"\n{why}: stopping after iteration {int(self.model.counter.numpy())} to save a "
+                     "snapshot (send it again to stop at once without saving).")
 
 
 class Progress(keras.callbacks.ProgbarLogger):
@@ -249,7 +274,7 @@ class Progress(keras.callbacks.ProgbarLogger):
     @staticmethod
     def _visible(logs):
         return {k: v for k, v in (logs or {}).items()
-                if not k.startswith((SUMMARY_PREFIX, HISTOGRAM_PREFIX))}
+                if k != STOP_KEY and not k.startswith((SUMMARY_PREFIX, HISTOGRAM_PREFIX))}
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, self._visible(logs))

@@ -32,6 +32,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from misc.atomic import TEMP_PREFIX, WriteError, describe_os_error, exclusive_lock
+from misc.cluster import LOST_WORKER_ERRORS
 from misc.tf1_checkpoint import (
     CA_MATRIX,
     CheckpointError,
@@ -119,7 +120,8 @@ class Snapshotter:
     newest one to resume from (``start_path``, the checkpoint the run
     started from, before this run wrote one)."""
 
-    def __init__(self, gan, directory, max_to_keep=5, keep_every_n_hours=2, start_path=None):
+    def __init__(self, gan, directory, max_to_keep=5, keep_every_n_hours=2, start_path=None,
+                 reported=True):
         self.gan = gan
         self.directory = directory
         self.manager = tf.train.CheckpointManager(
@@ -127,6 +129,9 @@ class Snapshotter:
             keep_checkpoint_every_n_hours=keep_every_n_hours, checkpoint_name=SNAPSHOT_NAME)
         self.start_path = start_path
         self.last_path = None
+        # False for a worker other than the chief of a multi-worker run: its
+        # snapshots (in a temporary folder) are not the ones to resume from.
+        self.reported = reported
 
     @property
     def last_good(self):
@@ -135,6 +140,10 @@ class Snapshotter:
     def resume_hint(self, when=""):
         """The sentence an error ends with: where to resume from (``when``:
         e.g. ' once the disk has room')."""
+        if not self.reported and self.last_path is not None:
+            name = os.path.basename(self.last_path)
+            return (f"The last good snapshot is {name} in the chief's log folder; resume every worker "
+                    f"from it{when} with TRAIN.PRETRAINED_MODEL: <that folder>/{name}.")
         if self.last_good is None:
             return "No snapshot was written yet."
         return (f"The last good snapshot is {self.last_good}; resume from it{when} with "
@@ -148,6 +157,9 @@ class Snapshotter:
         try:
             self.last_path = self.manager.save(checkpoint_number=counter)
         except (OSError, tf.errors.OpError) as exc:
+            if isinstance(exc, LOST_WORKER_ERRORS) and isinstance(
+                    self.gan.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                raise  # another worker stopped during the save: not a write failure
             remove_snapshot_leftovers(self.directory, locked=True)
             reason = describe_os_error(exc) if isinstance(exc, OSError) else exc.message.split("\n")[0]
             raise WriteError(

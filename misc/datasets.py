@@ -24,7 +24,8 @@ the batch from the epoch's generator (which images, crops, flips, wrong
 images, captions), ``batch_arrays`` builds the arrays from them.  An epoch's
 batches are thus a function of (seed, epoch), and an interrupted epoch
 resumes at any batch by repeating the draws of the batches before it without
-building them (``epoch_batches(first_batch=...)``).
+building them (``epoch_batches(first_batch=...)``), and a worker of a
+multi-worker run builds only its rows of each batch (``rows=...``).
 
 Loading validates every file of a split (shapes, dtypes, finite values,
 counts, file names that stay inside the dataset folder) and raises a
@@ -213,18 +214,29 @@ class Split:
     def steps_per_epoch(self, batch_size):
         return self.num_examples // batch_size
 
-    def epoch_batches(self, seed, epoch, batch_size, num_embedding, first_batch=0):
+    def epoch_batches(self, seed, epoch, batch_size, num_embedding, first_batch=0, rows=None):
         """The batches of one epoch from batch ``first_batch`` on; a function
         of (seed, epoch) only, so an interrupted epoch resumes identically:
         the batches before ``first_batch`` are drawn (the generator advances
-        exactly as in an uninterrupted epoch) but not built."""
+        exactly as in an uninterrupted epoch) but not built.
+
+        ``rows`` (a ``slice``): build only those rows of each batch, e.g. one
+        worker's share of a global batch.  Every draw of the whole batch is
+        still made, so the rows are exactly those of the whole batch."""
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(self.num_examples)
         for step in range(self.steps_per_epoch(batch_size)):
             ids = order[step * batch_size:(step + 1) * batch_size]
             draws = self.batch_draws(rng, ids, num_embedding)
             if step >= first_batch:
-                yield self.batch_arrays(draws)
+                yield self.batch_arrays(draws if rows is None else draw_rows(draws, rows))
+
+
+def draw_rows(draws, rows):
+    """The ``batch_draws`` of the images at ``rows`` (a slice) of the batch."""
+    return {key: (None if value is None else
+                  tuple(v[rows] for v in value) if isinstance(value, tuple) else value[rows])
+            for key, value in draws.items()}
 
 
 class TextDataset:

@@ -16,8 +16,10 @@ import datetime
 import itertools
 import os
 import pprint
+import shutil
 import signal
 import sys
+import tempfile
 
 from misc.startup import nvidia_driver_present
 
@@ -40,13 +42,21 @@ from misc.callbacks import (
     TrainingDiverged,
 )
 from misc.checkpoints import RUN_LOCK, Snapshotter, remove_snapshot_leftovers
+from misc.cluster import (
+    LOST_WORKER_ERRORS,
+    ClusterError,
+    cluster_resolver,
+    describe_worker,
+    is_chief,
+    lost_worker_reason,
+)
 from misc.config import PRECISIONS, XLA_SETTINGS, ConfigError, load_config, validate_config
 from misc.datasets import LR_IMAGE_SIZE, DatasetError
-from misc.input_pipeline import training_dataset
+from misc.input_pipeline import distributed_training_dataset
 from misc.tf1_checkpoint import CheckpointError
 
 # Errors that end a command with a one-line message and EXIT_ERROR.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingDiverged, WriteError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingDiverged, WriteError, ClusterError)
 EXIT_ERROR = 2
 
 
@@ -101,13 +111,19 @@ def parse_gpu_ids(text):
     return ids
 
 
-def make_strategy(gpu=None, log=print):
-    """MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster,
-    MirroredStrategy over the chosen (default: all visible) GPUs, else the
-    default single-device strategy.  An id beyond the visible GPUs is an
-    error; on a machine without GPUs the CPU is used (with a warning)."""
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+def make_strategy(gpu=None, log=print, training=True):
+    """MultiWorkerMirroredStrategy when this process is a worker of a cluster
+    (TF_CONFIG, or a SLURM step of several tasks: ``misc.cluster``), each
+    worker using its chosen (default: all visible) GPUs or its CPU;
+    otherwise MirroredStrategy over the chosen GPUs, else the default
+    single-device strategy.  An id beyond the visible GPUs is an error; on a
+    machine without GPUs the CPU is used (with a warning).  Only training
+    runs on a cluster (evaluation writes its sheets from one process)."""
+    resolver = cluster_resolver(gpus_present=nvidia_driver_present())
+    if resolver is not None and not training:
+        raise ConfigError("TRAIN.FLAG is False (evaluation), which runs in one process, but this "
+                          "process is a worker of a cluster (TF_CONFIG or a SLURM step of several "
+                          "tasks): unset TF_CONFIG, or run it outside srun.")
     gpus = tf.config.list_physical_devices("GPU")
     if gpu is not None:
         wanted = parse_gpu_ids(gpu)
@@ -122,6 +138,10 @@ def make_strategy(gpu=None, log=print):
                     f"(ids 0 to {len(gpus) - 1}; CUDA_VISIBLE_DEVICES renumbers them).")
             gpus = [gpus[i] for i in wanted]
             tf.config.set_visible_devices(gpus, "GPU")
+    if resolver is not None:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        log(describe_worker(strategy))
+        return strategy
     if gpus:
         devices = [f"/gpu:{i}" for i in range(len(gpus))]
         return tf.distribute.MirroredStrategy(devices)
@@ -225,42 +245,67 @@ def train(gan, split, config, make_preview, rate_for, start_path=None, keep_ever
         print(f"Nothing to train: the model is at epoch {first // steps} "
               f"(iteration {first}) and TRAIN.MAX_EPOCH is {train_cfg.MAX_EPOCH}.")
         return None
+    if not is_chief(gan.distribute_strategy):
+        # A worker other than the chief: it takes part in every snapshot
+        # (saving is collective), into a folder of its own that goes away.
+        log_dir = tempfile.mkdtemp(prefix="stackgan-worker-")
+        try:
+            return _train_in(log_dir, False, gan, split, config, make_preview, rate_for, start_path,
+                             keep_every_n_hours, steps, first, phases)
+        finally:
+            shutil.rmtree(log_dir, ignore_errors=True)
     if start_path:
         for path in remove_snapshot_leftovers(os.path.dirname(start_path) or "."):
             print(f"Removed {path}, left by an interrupted snapshot.")
-    log_dir = new_log_dir(config)
-    with exclusive_lock(os.path.join(log_dir, RUN_LOCK)), StopOnSignal() as stop:
+    return _train_in(new_log_dir(config), True, gan, split, config, make_preview, rate_for, start_path,
+                     keep_every_n_hours, steps, first, phases)
+
+
+def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_path,
+              keep_every_n_hours, steps, first, phases):
+    """``train``'s loop, writing into ``log_dir``; only the ``chief`` writes
+    summaries and previews, and reports snapshots."""
+    train_cfg = config.TRAIN
+    multi_worker = isinstance(gan.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    with exclusive_lock(os.path.join(log_dir, RUN_LOCK)), StopOnSignal(synchronized=multi_worker) as stop:
         snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=keep_every_n_hours,
-                                  start_path=start_path)
-        writer = tf.summary.create_file_writer(log_dir)
+                                  start_path=start_path, reported=chief)
         guard = DivergenceGuard(gan, snapshotter)
-        snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard)
-        preview = make_preview(log_dir)
+        snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard,
+                                    log=print if chief else lambda message: None)
         callbacks = [
             FirstStepTime(gan.jit_compile),
             stop,
             LearningRateSchedule(gan, rate_for),
             guard,
             snapshot,
-            TensorBoardSummaries(gan, writer),
+        ]
+        if chief:
+            writer = tf.summary.create_file_writer(log_dir)
+            preview = make_preview(log_dir)
+            callbacks.append(TensorBoardSummaries(gan, writer))
+        else:
+            writer, preview = None, None
+        callbacks += [
             Progress(train_cfg.MAX_EPOCH),  # before EpochEnd, so the bar's line is finished first
-            EpochEnd(gan, lambda epoch: preview(epoch, writer), steps, log_dir),
+            EpochEnd(gan, (lambda epoch: preview(epoch, writer)) if chief else None, steps, log_dir),
         ]
         epoch, batch = divmod(first, steps)
         print(describe(config, gan.jit_compile, gan.compute_policy()))
+        where = f"logs in {log_dir}" if chief else "the chief writes the logs and snapshots"
         print(f"Training from iteration {first} (epoch {epoch}"
-              f"{f', batch {batch}' if batch else ''}), {steps} iterations per epoch, "
-              f"logs in {log_dir}")
+              f"{f', batch {batch}' if batch else ''}), {steps} iterations per epoch, {where}")
         finished = False
         try:
             for initial_epoch, end_epoch, epoch_steps, first_step in phases:
                 extra = [KeepEpochMeans(gan)] if first_step % steps else []
-                dataset = training_dataset(split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
-                                           gan.noise_spec(), seed=config.SEED, first_step=first_step)
+                dataset = distributed_training_dataset(
+                    gan.distribute_strategy, split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
+                    gan.noise_spec(), seed=config.SEED, first_step=first_step)
                 gan.fit(dataset, epochs=end_epoch, initial_epoch=initial_epoch,
                         steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=1,
                         shuffle=False)
-                if stop.received:
+                if stop.should_stop:
                     break
             if int(gan.counter.numpy()) != first:
                 snapshot.save_if_new()
@@ -274,23 +319,30 @@ def train(gan, split, config, make_preview, rate_for, start_path=None, keep_ever
             raise WriteError(f"{exc} {snapshotter.resume_hint(' once that is fixed')}") from None
         except (ConfigError, DatasetError, CheckpointError) as exc:  # found late, e.g. by a preview
             raise type(exc)(f"{exc} {snapshotter.resume_hint()}") from None
+        except LOST_WORKER_ERRORS as exc:
+            if not multi_worker:
+                raise
+            raise ClusterError(f"training stopped at iteration {int(gan.counter.numpy())}: "
+                               f"{lost_worker_reason(exc)}. Restart every worker. "
+                               f"{snapshotter.resume_hint()}") from None
         except Exception:
             print(f"\nerror: training stopped at iteration {int(gan.counter.numpy())} by the "
                   f"unexpected error below. {snapshotter.resume_hint()}", file=sys.stderr)
             raise
         finally:
             try:
-                writer.close()
+                if writer is not None:
+                    writer.close()
             except (OSError, tf.errors.OpError) as exc:
                 if finished:  # else an error is being reported already
                     raise WriteError(f"{log_dir}: could not write the TensorBoard summaries "
                                      f"({exc}). {snapshotter.resume_hint()}") from None
     counter = int(gan.counter.numpy())
-    if stop.received and fit_phases(counter, steps, train_cfg.MAX_EPOCH):  # stopped before the end
-        where = snapshotter.last_good
+    if stop.should_stop and fit_phases(counter, steps, train_cfg.MAX_EPOCH):  # stopped before the end
+        where = snapshotter.last_good if chief else f"the chief's model-{counter}"
         print(f"\nStopped by {stop.signal_name} at iteration {counter}; "
               + (f"resume with TRAIN.PRETRAINED_MODEL: {where}" if where else "no snapshot to resume from."))
-        raise SystemExit(128 + stop.received)
+        raise SystemExit(128 + stop.should_stop)
     return snapshotter.last_path
 
 

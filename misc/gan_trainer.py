@@ -8,12 +8,15 @@ computes on the same global batch (losses are global-batch means,
 batch-norm statistics are synchronised, gradients are all-reduced by the
 optimizer).
 
-``train_step`` returns logs with three kinds of entries:
+``train_step`` returns logs with three kinds of entries, the same on every
+replica (``finish_step`` synchronises them; ``fit`` shows the first
+replica's):
   * ``<name>``: running means over the epoch of the losses the reference
     printed at the end of each epoch (shown by the progress bar);
   * ``summary/<tag>``: this step's scalars, as the reference wrote them to
     TensorBoard;
-  * ``histogram/<tag>``: this step's tensors for TensorBoard histograms.
+  * ``histogram/<tag>``: this step's tensors for TensorBoard histograms;
+and ``stop_requested`` (``STOP_KEY``), > 0 when a process asked to stop.
 """
 
 import keras
@@ -24,14 +27,25 @@ from misc.losses import replica_total
 
 SUMMARY_PREFIX = "summary/"
 HISTOGRAM_PREFIX = "histogram/"
+# Log entry > 0 when a process training this model asked to stop (its
+# ``stop_requested`` was set): every worker of a multi-worker run sees it
+# after the same iteration.
+STOP_KEY = "stop_requested"
 
 
-def gather_batch(values):
-    """Concatenate a per-replica batch tensor over the replicas."""
+def global_batch_slot(values):
+    """This replica's batch tensor placed at its rows of a zero global batch
+    (replica ``r`` of ``n`` holds rows ``r*b .. (r+1)*b - 1``): summed over
+    the replicas (``replica_total``) it is the global batch, exactly (x + 0
+    is x).  A sum, not ``all_gather``, so that it travels in the step's one
+    batched all-reduce and works under MultiWorkerMirroredStrategy too."""
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return values
-    return ctx.all_gather(values, axis=0)
+    n, b = ctx.num_replicas_in_sync, tf.shape(values)[0]
+    rows = tf.range(b) + tf.cast(ctx.replica_id_in_sync_group, tf.int32) * b
+    shape = tf.concat([[n * b], tf.shape(values)[1:]], axis=0)
+    return tf.scatter_nd(rows[:, None], values, shape)
 
 
 def learning_rate_for_epoch(base_lr, epoch, decay_every, decay_after=0):
@@ -69,6 +83,10 @@ class GANTrainer(keras.Model):
                                       aggregation="only_first_replica")
         self.global_step = keras.Variable(0, dtype="int64", trainable=False, name="global_step",
                                           aggregation="only_first_replica")
+        # Set to 1 by a process that received SIGINT / SIGTERM; summed over
+        # the replicas in every step (the STOP_KEY log), so that the workers
+        # of a multi-worker run stop after the same iteration.
+        self.stop_requested = keras.Variable(0.0, dtype="float32", trainable=False, name="stop_requested")
         self.trackers = {k: keras.metrics.Mean(name=k) for k in self.epoch_log_keys}
         self._scalers = {}  # id(optimizer) -> its LossScaleOptimizer (float16)
 
@@ -112,15 +130,53 @@ class GANTrainer(keras.Model):
         self._scalers.get(id(optimizer), optimizer).apply_gradients(zip(gradients, variables))
         self.global_step.assign_add(1)
 
-    def finish_step(self, epoch_values, summaries, histograms):
-        """Sum the per-replica loss shares, update the epoch means, and build
-        the step's logs."""
-        epoch_values, summaries = replica_total((epoch_values, summaries))
+    def finish_step(self, epoch_values, summaries, histograms, rates):
+        """Sum the per-replica loss shares and gather the histograms' global
+        batch (one all-reduce), update the epoch means, and build the step's
+        logs.  ``rates`` (the learning rates) are the same on every replica
+        and are logged as they are, not summed."""
+        slots = {k: global_batch_slot(tf.cast(v, tf.float32)) for k, v in histograms.items()}
+        epoch_values, summaries, histograms, stop = replica_total(
+            (epoch_values, summaries, slots, self.stop_requested.value))
         for key, tracker in self.trackers.items():
             tracker.update_state(epoch_values[key])
         self.counter.assign_add(1)
         logs = {key: tracker.result() for key, tracker in self.trackers.items()}
         logs.update({SUMMARY_PREFIX + k: v for k, v in summaries.items()})
-        logs.update({HISTOGRAM_PREFIX + k: gather_batch(tf.cast(v, tf.float32))
-                     for k, v in histograms.items()})
+        logs.update({SUMMARY_PREFIX + k: tf.cast(v, tf.float32) for k, v in rates.items()})
+        logs.update({HISTOGRAM_PREFIX + k: v for k, v in histograms.items()})
+        logs[STOP_KEY] = stop
         return logs
+
+    # -- fit() under tf.distribute ------------------------------------------
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build: ``compile`` builds the networks and optimizers.
+        (Keras's version draws a batch and reduces it over the replicas,
+        which MultiWorkerMirroredStrategy cannot do for a dict of batches.)"""
+
+    def make_train_function(self, force=False):
+        """``fit``'s step: ``train_step`` on every replica, then the first
+        replica's logs (``finish_step`` made them equal on all).  Keras's own
+        step would average them over the replicas instead: an extra
+        all-reduce per step, which under MultiWorkerMirroredStrategy also
+        fails for scalars."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        strategy = self.distribute_strategy
+
+        def one_step(batch):
+            logs = strategy.run(self.train_step, args=(batch,))
+            return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], logs)
+
+        if not self.run_eagerly:
+            one_step = tf.function(one_step, reduce_retracing=True, jit_compile=self.jit_compile)
+
+        def train_function(iterator):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                raise StopIteration
+            return one_step(batch.get_value())
+
+        self.train_function = train_function
+        return train_function

@@ -32,6 +32,10 @@ def replica_total(values):
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return values
+    # Copies made here, on this replica's device: a variable's value (or
+    # anything captured from outside the step) can have no device, which
+    # MultiWorkerMirroredStrategy's all-reduce rejects.
+    values = tf.nest.map_structure(tf.identity, values)
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 

@@ -106,7 +106,7 @@ def main(argv=None):
     args = experiment.parse_args("Train or evaluate the Stage-I StackGAN", argv)
     config = experiment.load_run_config(args, stage=1)
     experiment.print_config(config)
-    strategy = experiment.make_strategy(args.gpu)
+    strategy = experiment.make_strategy(args.gpu, training=config.TRAIN.FLAG)
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
         dataset = load_dataset(config, hr_lr_ratio=1, captions=experiment.caption_splits(config))

@@ -175,10 +175,11 @@ class StageIGAN(GANTrainer):
         # As the reference's summaries: d_* from the D run, g_* from the G run.
         summaries = {k: v for k, v in d_losses.items() if k.startswith("d_")}
         summaries.update({k: g_losses[k] for k in ("g_loss", "g_loss_kl_loss")})
-        summaries["d_learning_rate"] = tf.cast(self.d_optimizer.learning_rate, tf.float32)
-        summaries["g_learning_rate"] = tf.cast(self.g_optimizer.learning_rate, tf.float32)
+        rates = {"d_learning_rate": self.d_optimizer.learning_rate,
+                 "g_learning_rate": self.g_optimizer.learning_rate}
         epoch_values = {"d_loss": d_losses["d_loss"], "g_loss": d_losses["g_loss"]}
-        return self.finish_step(epoch_values, summaries, {"hist_c": d_out["c"], "hist_z": batch["d_z"]})
+        return self.finish_step(epoch_values, summaries, {"hist_c": d_out["c"], "hist_z": batch["d_z"]},
+                                rates)
 
     def sample(self, embeddings, eps=None, z=None):
         """Inference-mode images (moving BN statistics), float32 whatever the

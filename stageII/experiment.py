@@ -121,7 +121,7 @@ def main(argv=None):
     args = experiment.parse_args("Train or evaluate the Stage-II StackGAN", argv)
     config = experiment.load_run_config(args, stage=2)
     experiment.print_config(config)
-    strategy = experiment.make_strategy(args.gpu)
+    strategy = experiment.make_strategy(args.gpu, training=config.TRAIN.FLAG)
     pretrained = config.TRAIN.PRETRAINED_MODEL
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)

@@ -179,8 +179,8 @@ class StageIIGAN(GANTrainer):
         hr_g_losses = self.hr_generator_step(batch)
         summaries = {k: v for k, v in d_losses.items() if k.startswith("hr_d_")}
         summaries.update(hr_g_losses)
-        summaries["hr_d_learning_rate"] = tf.cast(self.hr_d_optimizer.learning_rate, tf.float32)
-        summaries["hr_g_learning_rate"] = tf.cast(self.hr_g_optimizer.learning_rate, tf.float32)
+        rates = {"hr_d_learning_rate": self.hr_d_optimizer.learning_rate,
+                 "hr_g_learning_rate": self.hr_g_optimizer.learning_rate}
         if self.finetune_lr:
             _, _, lr_real, lr_wrong = self.images_of(batch)
             emb = batch["embeddings"]
@@ -196,7 +196,7 @@ class StageIIGAN(GANTrainer):
             summaries.update({k: v for k, v in d_losses.items() if k.startswith(("d_", "g_"))})
         epoch_values = {k: d_losses[k] for k in self.epoch_log_keys}
         histograms = {"hist_c": d_out["c"], "hist_z": batch["d_z"], "hist_hr_c": d_out["hr_c"]}
-        return self.finish_step(epoch_values, summaries, histograms)
+        return self.finish_step(epoch_values, summaries, histograms, rates)
 
     def sample(self, embeddings, eps=None, z=None, hr_eps=None):
         """Inference-mode Stage-I and Stage-II images, float32 (random z and

@@ -8,14 +8,19 @@ STAGE is 1 or 2.  FAULT is one of
   in-snapshot  while snapshot model-N is being written: TensorFlow has written
                its shard files into model-N_temp/ and not yet merged them
   after-step   after iteration N, before any callback has seen it
+  signal-after-step
+               after iteration N, before any callback has seen it, the process
+               sends itself SIGTERM (READY_FILE is created) and trains on
 
-At the fault point the process creates READY_FILE and sleeps until it is
-killed.  The test suite's TensorFlow settings (threads, op determinism) are
-those of tests/conftest.py, so the bits match in-process runs.  The hooks
+At the fault point the process creates READY_FILE and (but for
+signal-after-step) sleeps until it is killed.  The test suite's TensorFlow
+settings (threads, op determinism) are those of tests/conftest.py, so the
+bits match in-process runs.  The hooks
 patch TensorFlow and Keras here, in the test tree; production code has none.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -59,11 +64,24 @@ def hang_after_step(iteration, ready_file):
     keras.callbacks.CallbackList.on_train_batch_end = batch_end_or_hang
 
 
+def signal_after_step(iteration, ready_file):
+    batch_end = keras.callbacks.CallbackList.on_train_batch_end
+
+    def batch_end_with_signal(self, batch, logs=None):
+        if int(self.model.counter.numpy()) == iteration and not os.path.exists(ready_file):
+            open(ready_file, "w").close()
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the callbacks below run
+        return batch_end(self, batch, logs)
+
+    keras.callbacks.CallbackList.on_train_batch_end = batch_end_with_signal
+
+
 def main():
     stage, ready_file, fault, iteration = sys.argv[1:5]
     assert sys.argv[5] == "--"
     assert tf.config.threading.get_intra_op_parallelism_threads() == conftest.THREADS
-    {"in-snapshot": hang_in_snapshot, "after-step": hang_after_step}[fault](int(iteration), ready_file)
+    {"in-snapshot": hang_in_snapshot, "after-step": hang_after_step,
+     "signal-after-step": signal_after_step}[fault](int(iteration), ready_file)
     if stage == "1":
         from stageI.experiment import main as stage_main
     else:

@@ -143,8 +143,14 @@ def test_every_step_matches_from_the_same_state(setup):
         load_state(two, state(one))
         h1 = one.fit(as_dataset(data[step:step + 1]), epochs=1, verbose=0, shuffle=False).history
         h2 = two.fit(as_dataset(data[step:step + 1]), epochs=1, verbose=0, shuffle=False).history
-        for key in ("d_loss", "g_loss"):
+        for key in ("d_loss", "g_loss", "summary/d_loss", "summary/g_loss_kl_loss"):
             np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, err_msg=f"step {step} {key}")
+        # Rates are logged as they are, not summed over the replicas.
+        assert h1["summary/d_learning_rate"] == h2["summary/d_learning_rate"] == [np.float32(LR)]
+        # Histograms show the global batch, in its order.
+        np.testing.assert_array_equal(h2["histogram/hist_z"][0], data[step]["d_z"])
+        np.testing.assert_allclose(h2["histogram/hist_c"][0], h1["histogram/hist_c"][0],
+                                   rtol=1e-5, atol=1e-6)
         compare_states(state(one), state(two), tight=True)
     assert int(one.counter.numpy()) == STEPS and int(one.global_step.numpy()) == 2 * STEPS
 
