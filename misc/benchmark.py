@@ -232,13 +232,13 @@ def distributed_batches(split, config, gan, strategy):
 
 def compiled_step(gan, strategy, jit):
     """One distributed training step in a tf.function (as ``fit`` compiles
-    it); returns every replica's logs."""
+    it, ``GANTrainer.make_train_function``); returns every replica's logs."""
 
     def one_step(batch):
         logs = strategy.run(gan.train_step, args=(batch,))
         return strategy.experimental_local_results(logs)
 
-    return tf.function(one_step, reduce_retracing=True, jit_compile=jit)
+    return tf.function(one_step, reduce_retracing=True, autograph=False, jit_compile=jit)
 
 
 def wait_for(outputs, key):

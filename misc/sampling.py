@@ -254,7 +254,7 @@ class Sampler:
 
     def __init__(self, model):
         self.model = model
-        self._run = tf.function(self._forward, reduce_retracing=True)
+        self._run = tf.function(self._forward, reduce_retracing=True, autograph=False)
 
     def _forward(self, embeddings, eps, z, hr_eps):
         return self.model(embeddings, eps, z, hr_eps)
