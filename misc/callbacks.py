@@ -21,12 +21,26 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import summary as histogram_summary
 from tensorboard.plugins.scalar import summary as scalar_summary
 
+from misc import cluster
 from misc.atomic import WriteError
 from misc.gan_trainer import HISTOGRAM_PREFIX, STOP_KEY, SUMMARY_PREFIX
 
 
 class TrainingDiverged(RuntimeError):
     """A loss or a weight became NaN or infinite."""
+
+
+class LastIteration(keras.callbacks.Callback):
+    """The iteration counter after the last finished step, read on the host
+    (``value``): what an error names, without reading a model whose step
+    just failed."""
+
+    def __init__(self, first):
+        super().__init__()
+        self.value = first
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.value = int(self.model.counter.numpy())
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
@@ -304,3 +318,78 @@ class FirstStepTime(keras.callbacks.Callback):
             what = "trace and XLA compile" if self.jit else "trace"
             print(f"First step ({what}, then one iteration): {time.perf_counter() - self.start:.1f} s",
                   file=self.out or sys.stdout, flush=True)
+
+
+class WorkerWatchdog(keras.callbacks.Callback):
+    """Multi-worker runs: a worker that stops stepping while its process
+    lives on (a hang: its heartbeats keep coming, so TensorFlow's health
+    check sees nothing) must not keep the others waiting for ever.
+
+    Every worker publishes where it is (``misc.cluster.publish_progress``)
+    from a background thread; when no iteration has finished on this worker
+    for ``timeout`` seconds (``first_timeout`` for the first, which traces
+    and compiles the step), it names the workers behind the others
+    (``stalled_workers``) and calls ``on_stall(iteration, message)``, which
+    must end the process: the main thread is blocked in the step's
+    all-reduce and cannot be interrupted."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, task, tasks, timeout, first_timeout, on_stall):
+        super().__init__()
+        self.task = task
+        self.tasks = tasks
+        self.timeout = timeout
+        self.first_timeout = first_timeout
+        self.on_stall = on_stall
+        self.finished = None
+        self.in_step = False
+        self.last_progress = None
+        self._done = threading.Event()
+        self._thread = None
+
+    def on_train_begin(self, logs=None):
+        self.finished = int(self.model.counter.numpy())
+        self.last_progress = time.monotonic()
+        self._done.clear()
+        self._thread = threading.Thread(target=self._watch, name="worker-watchdog", daemon=True)
+        self._thread.start()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.in_step = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.finished = int(self.model.counter.numpy())
+        self.in_step = False
+        self.last_progress = time.monotonic()
+        self.first_timeout = None
+
+    def on_train_end(self, logs=None):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self):
+        published = None
+        while not self._done.wait(self.POLL_SECONDS):
+            where = (self.finished, self.in_step)
+            if where != published:
+                cluster.publish_progress(self.task, *where)
+                published = where
+            limit = self.first_timeout or self.timeout
+            if time.monotonic() - self.last_progress > limit:
+                self.on_stall(self.finished, self._diagnosis(limit))
+                return
+
+    def _diagnosis(self, limit):
+        progress = cluster.read_progress(self.tasks)
+        progress[self.task] = (self.finished, self.in_step)
+        stalled = cluster.stalled_workers(progress)
+        iteration = self.finished + 1
+        if stalled:
+            names = " and ".join(f"worker {cluster.task_device(t)}{' (this one)' if t == self.task else ''}"
+                                 for t in stalled)
+            return (f"{names} stopped stepping (alive, but no training step for {limit:g} s; "
+                    f"CLUSTER.STEP_TIMEOUT sets the wait)")
+        return (f"no worker finished iteration {iteration} within {limit:g} s (all are inside it: a hung "
+                f"operation or a stalled network; CLUSTER.STEP_TIMEOUT sets the wait)")

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
-from misc.acceleration import dtype_policy, dtype_policy_name
+from misc.acceleration import choose_step, dtype_policy
 from misc.checkpoints import check_embedding_dim, copy_trainable_weights, describe_checkpoint, restore_native
 from misc.datasets import HR_LR_RATIO, LR_IMAGE_SIZE, load_dataset
 from misc.image_utils import save_image, superimage, to_uint8
@@ -31,12 +31,15 @@ from stageII.model import build_stage_ii
 from stageII.trainer import StageIIGAN, learning_rate_schedule
 
 
-def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
+def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE, choices=None):
     """The Stage-II trainer of a config (the four networks and five
     optimizers) for ``lr_size`` Stage-I images, its variables created under
-    ``strategy`` (default: the current one)."""
-    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(dtype_policy_name(config)):
-        return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim, lr_size))
+    ``strategy`` (default: the current one), its step run as ``choices``
+    say (default: this machine's ``choose_step``)."""
+    choices = choices or choose_step(config)
+    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(choices.precision):
+        return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim, lr_size),
+                                           jit_compile=choices.xla)
 
 
 def restore(gan, path, config, dataset, split="train"):
@@ -121,14 +124,15 @@ def main(argv=None):
     args = experiment.parse_args("Train or evaluate the Stage-II StackGAN", argv)
     config = experiment.load_run_config(args, stage=2)
     experiment.print_config(config)
-    strategy = experiment.make_strategy(args.gpu, training=config.TRAIN.FLAG)
+    strategy, choices = experiment.make_strategy(args.gpu, config, training=config.TRAIN.FLAG,
+                                                 names=experiment.typed_names(args))
     pretrained = config.TRAIN.PRETRAINED_MODEL
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
         dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, captions=experiment.caption_splits(config))
         experiment.iterations_per_epoch(dataset.train, config.TRAIN.BATCH_SIZE)
         embedding_dim = dataset.embedding_shape[0]
-        gan = build_gan(config, embedding_dim, strategy)
+        gan = build_gan(config, embedding_dim, strategy, choices=choices)
         start = None
         if pretrained:
             start, _ = restore(gan, pretrained, config, dataset)
@@ -144,7 +148,7 @@ def main(argv=None):
                                   "is empty: set it to the Stage-II checkpoint to evaluate.")
         dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",), captions=("test",))
         embedding_dim = dataset.embedding_shape[0]
-        gan = build_gan(config, embedding_dim, strategy)
+        gan = build_gan(config, embedding_dim, strategy, choices=choices)
         path, stage = restore(gan, pretrained, config, dataset, "test")
         if stage != 2:
             raise CheckpointError(f"{path}: a Stage-I checkpoint; Stage-II evaluation needs a "
