@@ -37,6 +37,7 @@ from misc.callbacks import (
     LastIteration,
     LearningRateSchedule,
     PeriodicSnapshot,
+    PlainProgress,
     Progress,
     StopOnSignal,
     TensorBoardSummaries,
@@ -316,8 +317,14 @@ def train(gan, split, config, make_preview, rate_for, start_path=None, keep_ever
     if start_path:
         for path in remove_snapshot_leftovers(os.path.dirname(start_path) or "."):
             print(f"Removed {path}, left by an interrupted snapshot.")
-    return _train_in(new_log_dir(config), True, gan, split, config, make_preview, rate_for, start_path,
+    log_dir = new_log_dir(config)
+    last = _train_in(log_dir, True, gan, split, config, make_preview, rate_for, start_path,
                      keep_every_n_hours, steps, first, phases)
+    sheets = sorted(name for name in os.listdir(log_dir) if name.endswith(".jpg"))
+    print(f"Done: iteration {int(gan.counter.numpy())} (epoch {train_cfg.MAX_EPOCH}) in {log_dir}: the "
+          f"snapshot {os.path.basename(last)}, the sample sheets {', '.join(sheets) or '(none)'}; "
+          f"TensorBoard: tensorboard --logdir {log_dir}")
+    return last
 
 
 def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_path,
@@ -333,6 +340,7 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
         snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard,
                                     log=print if chief else lambda message: None)
         last = LastIteration(first)
+        terminal = sys.stdout.isatty()  # a progress bar, else plain lines (and no Keras bar)
         callbacks = [
             last,
             FirstStepTime(gan.jit_compile),
@@ -350,8 +358,10 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
         else:
             writer, preview = None, None
         callbacks += [
-            Progress(train_cfg.MAX_EPOCH),  # before EpochEnd, so the bar's line is finished first
-            EpochEnd(gan, (lambda epoch: preview(epoch, writer)) if chief else None, steps, log_dir),
+            # before EpochEnd, so that a bar's line is finished first
+            Progress(train_cfg.MAX_EPOCH) if terminal else PlainProgress(train_cfg.MAX_EPOCH, steps),
+            EpochEnd(gan, (lambda epoch: preview(epoch, writer)) if chief else None, steps, log_dir,
+                     train_cfg.MAX_EPOCH),
         ]
         epoch, batch = divmod(first, steps)
         print(describe(config, gan.jit_compile, gan.compute_policy()))
@@ -366,7 +376,7 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
                     gan.distribute_strategy, split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
                     gan.noise_spec(), seed=config.SEED, first_step=first_step)
                 gan.fit(dataset, epochs=end_epoch, initial_epoch=initial_epoch,
-                        steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=1,
+                        steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=int(terminal),
                         shuffle=False)
                 if stop.should_stop:
                     break

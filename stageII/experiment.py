@@ -11,6 +11,7 @@ sheets for the test captions.
 """
 
 import functools
+import glob
 import os
 
 import numpy as np
@@ -42,11 +43,37 @@ def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE, choic
                                            jit_compile=choices.xla)
 
 
-def restore(gan, path, config, dataset, split="train"):
-    """Load TRAIN.PRETRAINED_MODEL: a Stage-II checkpoint resumes everything;
-    a Stage-I checkpoint initialises the Stage-I networks' trainable weights
-    and the counter.  Returns (checkpoint path, its stage)."""
-    info = describe_checkpoint(path)
+def start_checkpoint(path, cfg_file):
+    """``describe_checkpoint`` of TRAIN.PRETRAINED_MODEL, looked at before
+    any data is loaded or generated: where there is no model yet (the path,
+    or a model below the folder it names), the one-line error says to train
+    Stage-I first, with the command."""
+    try:
+        return describe_checkpoint(path)
+    except CheckpointError:
+        if os.path.exists(path) and not os.path.isdir(path) or os.path.exists(path + ".index") or \
+                os.path.isdir(path) and glob.glob(os.path.join(path, "**", "checkpoint"), recursive=True):
+            raise  # a model is there, but not a usable one: that error says why
+    raise CheckpointError(
+        f"{path}: no model to start Stage-II from (TRAIN.PRETRAINED_MODEL). Train Stage-I first: "
+        f"{stage_i_command(cfg_file)}; Stage-II then starts from its newest snapshot.") from None
+
+
+def stage_i_command(cfg_file):
+    """The Stage-I training command that goes with a Stage-II config:
+    stageI/cfg/<the same file name> when there is one."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = os.path.basename(cfg_file or "")
+    if name and os.path.isfile(os.path.join(root, "stageI", "cfg", name)):
+        return f"python stageI/run_exp.py --cfg stageI/cfg/{name}"
+    return "python stageI/run_exp.py --cfg <your Stage-I config>"
+
+
+def restore(gan, info, config, dataset, split="train"):
+    """Load TRAIN.PRETRAINED_MODEL (its ``CheckpointInfo``): a Stage-II
+    checkpoint resumes everything; a Stage-I checkpoint initialises the
+    Stage-I networks' trainable weights and the counter.  Returns
+    (checkpoint path, its stage)."""
     embedding_dim = dataset.embedding_shape[0]
     check_embedding_dim(info, embedding_dim, dataset.embedding_path(split))
     print(f"Reading model parameters from {info.path} (Stage-{'I' * info.stage} checkpoint)")
@@ -127,6 +154,7 @@ def main(argv=None):
     strategy, choices = experiment.make_strategy(args.gpu, config, training=config.TRAIN.FLAG,
                                                  names=experiment.typed_names(args))
     pretrained = config.TRAIN.PRETRAINED_MODEL
+    start_info = start_checkpoint(pretrained, args.cfg_file) if pretrained else None
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
         dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, captions=experiment.caption_splits(config))
@@ -135,7 +163,7 @@ def main(argv=None):
         gan = build_gan(config, embedding_dim, strategy, choices=choices)
         start = None
         if pretrained:
-            start, _ = restore(gan, pretrained, config, dataset)
+            start, _ = restore(gan, start_info, config, dataset)
         else:
             print("Created model with fresh parameters. Warning: TRAIN.PRETRAINED_MODEL is empty, "
                   "so Stage-II trains on an untrained (and frozen, unless TRAIN.FINETUNE_LR) "
@@ -149,7 +177,7 @@ def main(argv=None):
         dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",), captions=("test",))
         embedding_dim = dataset.embedding_shape[0]
         gan = build_gan(config, embedding_dim, strategy, choices=choices)
-        path, stage = restore(gan, pretrained, config, dataset, "test")
+        path, stage = restore(gan, start_info, config, dataset, "test")
         if stage != 2:
             raise CheckpointError(f"{path}: a Stage-I checkpoint; Stage-II evaluation needs a "
                                   "Stage-II checkpoint (evaluate Stage-I with stageI/run_exp.py).")
