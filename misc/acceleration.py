@@ -90,7 +90,8 @@ def choose_step(config, multi_worker=False, names=None, log=print):
     setting = config.TRAIN.XLA
     on_gpu = training_on_gpu()
     if setting == "on" and multi_worker and not on_gpu:
-        raise ConfigError(f"{names['XLA']} is 'on', but this multi-worker run trains on CPUs, where XLA "
+        typed = f"{names['XLA']} on" if names["XLA"].startswith("--") else f"{names['XLA']} is 'on'"
+        raise ConfigError(f"{typed}, but this multi-worker run trains on CPUs, where XLA "
                           "cannot compile the step's all-reduce across workers (TensorFlow has no XLA "
                           "collectives for CPU devices); use 'auto' or 'off'.")
     if setting == "auto":

@@ -243,17 +243,21 @@ def cluster_config(name, **overrides):
         DATA_DIR=os.path.abspath("data"), **overrides)))
 
 
-def start_workers(processes, name, stage, cfg, worker_command=None):
+def start_workers(processes, name, stage, cfg, worker_command=None, onednn=("1", "0")):
     """The chief (worker 0) in the current folder and worker 1 in w1/, as two
     processes of one TF_CONFIG cluster on 127.0.0.1; ``worker_command``
-    replaces worker 1's script and arguments.  Returns their output files."""
+    replaces worker 1's script and arguments.  Each worker runs with its own
+    TensorFlow CPU kernels (``onednn``: TF_ENABLE_ONEDNN_OPTS of each), so
+    every run here covers both kernel sets, as a cluster of two kinds of CPU
+    would.  Returns their output files."""
     ports = free_ports(2)
     outputs = []
     for index, folder in enumerate((".", "w1")):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                      "task": {"type": "worker", "index": index}}
         env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="",
-                   TMPDIR=os.path.abspath(f"tmp{index}"), PYTHONUNBUFFERED="1")
+                   TMPDIR=os.path.abspath(f"tmp{index}"), PYTHONUNBUFFERED="1",
+                   TF_ENABLE_ONEDNN_OPTS=onednn[index])
         command = [RUN_EXP[stage], "--cfg", cfg]
         if index == 1 and worker_command:
             command = worker_command
@@ -425,9 +429,13 @@ def test_two_stage_ii_workers_train_like_one_process_and_stop_together(workdir, 
     cfg = cluster_config("mw2", **settings)
     signalled = os.path.abspath("w1.signalled")
     outputs = start_workers(processes, "stage2", 2, cfg, worker_command=[
-        FAULT_SCRIPT, "2", signalled, "signal-after-step", "1", "--", "--cfg", cfg])
+        FAULT_SCRIPT, "2", signalled, "signal-after-step", "1", "--", "--cfg", cfg], onednn=("0", "1"))
     codes, outs = wait_all(processes, outputs)
     assert codes == [143, 143], outs[0][-3000:] + outs[1][-3000:]
+    # One choice for every worker, whatever each one's kernels: XLA cannot
+    # compile the step's all-reduce on CPUs.
+    for out in outs:
+        assert "Training step: XLA off (TRAIN.XLA 'auto'), precision float32" in out
     (multi_dir,) = glob.glob("ckt_logs/tiny/stageII_*")
     assert "another worker received a signal: stopping after iteration 2" in outs[0]
     assert "SIGTERM received: stopping after iteration 2" in outs[1]
