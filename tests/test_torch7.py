@@ -44,7 +44,48 @@ class T7Object:
 
 
 class LuaFunction:
-    pass
+    """A Lua function record: ``code`` TYPE_RECUR_FUNCTION (referenced by
+    index, as torch.save writes functions today), its legacy form, or the
+    old unreferenced TYPE_FUNCTION; bytecode (never run) and upvalues."""
+
+    def __init__(self, bytecode=b"\x1bLJ\x01\x02fake bytecode", upvalues=None,
+                 code=torch7.TYPE_RECUR_FUNCTION):
+        self.bytecode, self.upvalues, self.code = bytecode, {} if upvalues is None else upvalues, code
+
+
+class LuaTable:
+    """A Lua table whose keys may be any object (tables, graph nodes): Lua
+    compares strings and numbers by value, everything else by identity.
+    Entries are written in insertion order."""
+
+    def __init__(self, items=()):
+        self.items, self._where = [], {}
+        for key, value in items:
+            self[key] = value
+
+    @staticmethod
+    def _identity(key):
+        return ("value", type(key), key) if isinstance(key, (str, int, float, bool)) else ("object", id(key))
+
+    def __setitem__(self, key, value):
+        where = self._where.setdefault(self._identity(key), len(self.items))
+        if where == len(self.items):
+            self.items.append((key, value))
+        else:
+            self.items[where] = (key, value)
+
+    def __getitem__(self, key):
+        return self.items[self._where[self._identity(key)]][1]
+
+    def __contains__(self, key):
+        return self._identity(key) in self._where
+
+    def array(self):
+        """The values at keys 1, 2, ... (Lua's ipairs)."""
+        values = []
+        while len(values) + 1 in self:
+            values.append(self[len(values) + 1])
+        return values
 
 
 class Torch7Writer:
@@ -88,12 +129,25 @@ class Torch7Writer:
         elif isinstance(obj, (int, float)):
             self.int(torch7.TYPE_NUMBER)
             self.out += struct.pack("<d", float(obj))
-        elif isinstance(obj, str):
+        elif isinstance(obj, (str, bytes)):
             self.int(torch7.TYPE_STRING)
-            self.raw_string(obj)
+            data = obj.encode("utf-8") if isinstance(obj, str) else obj
+            self.int(len(data))
+            self.out += data
         elif isinstance(obj, LuaFunction):
-            self.int(torch7.TYPE_FUNCTION)
-            self.int(0)
+            if obj.code == torch7.TYPE_FUNCTION:
+                self.int(obj.code)
+            elif self.reference(obj.code, obj):
+                return self
+            self.int(len(obj.bytecode))
+            self.out += obj.bytecode
+            self.write(obj.upvalues)
+        elif isinstance(obj, LuaTable):
+            if not self.reference(torch7.TYPE_TABLE, obj):
+                self.int(len(obj.items))
+                for key, value in obj.items:
+                    self.write(key)
+                    self.write(value)
         elif isinstance(obj, np.ndarray):
             element = CLASS_OF_DTYPE[obj.dtype]
             strides = [s // obj.itemsize for s in np.ascontiguousarray(obj).strides]
