@@ -41,7 +41,6 @@ file: today the authors' ``.t7`` files (``misc.torch7_encoder``).
 """
 
 import os
-import time
 
 import keras
 import numpy as np
@@ -323,25 +322,6 @@ def embed_captions(model, captions, lowercase=False, batch_size=DEFAULT_BATCH_SI
         if bar is not None:
             bar.add(len(batch))
     return out
-
-
-class Throughput:
-    """Captions per second of what was embedded, for the commands' last line."""
-
-    def __init__(self):
-        self.captions, self.seconds = 0, 0.0
-
-    def measure(self, function, captions, *args, **kwargs):
-        """``function(captions, *args, **kwargs)``, timed and counted."""
-        start = time.perf_counter()
-        result = function(captions, *args, **kwargs)
-        self.seconds += time.perf_counter() - start
-        self.captions += len(captions)
-        return result
-
-    def summary(self):
-        rate = self.captions / self.seconds if self.seconds > 0 else float("inf")
-        return f"{self.captions} captions in {self.seconds:.1f} s: {rate:.0f} captions/s"
 
 
 def load_encoder(path):
