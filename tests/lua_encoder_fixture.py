@@ -299,21 +299,25 @@ class ModuleMaker:
 
 # -- the Lua networks ------------------------------------------------------------------
 
-def fixed_gru(make, gates, steps, average):
-    """FixedGRU.rnn(nstep, avg, emb_dim) with ``gates[role] = (weight, bias)``."""
+def fixed_gru(make, gates, steps, average, untied=None):
+    """FixedGRU.rnn(nstep, avg, emb_dim) with ``gates[role] = (weight, bias)``;
+    ``untied`` (role, step) gives that step's Linear other weights (not a
+    file the Lua makes: a test of the loader's check)."""
     inputs = [call(make.simple("nn.Identity")) for _ in range(steps)]
     hids = []
+
+    def gate(role, step, shared=True):
+        weight, bias = gates[role]
+        if (role, step) == untied:
+            return make.sequential(make.linear(f"{role} untied", weight + 0.5, bias, shared))
+        return make.sequential(make.linear(role, weight, bias, shared))
+
     for i in range(steps):
-        shared = i > 0
-        i2h_update = make.sequential(make.linear("i2h_update", *gates["i2h_update"], shared))
-        i2h_reset = make.sequential(make.linear("i2h_reset", *gates["i2h_reset"], shared))
-        i2h = make.sequential(make.linear("i2h", *gates["i2h"], True))
+        i2h_update, i2h_reset, i2h = gate("i2h_update", i, i > 0), gate("i2h_reset", i, i > 0), gate("i2h", i)
         if i == 0:
             hids.append(call(make.simple("nn.Tanh"), call(i2h, inputs[0])))
             continue
-        h2h_update = make.sequential(make.linear("h2h_update", *gates["h2h_update"], True))
-        h2h_reset = make.sequential(make.linear("h2h_reset", *gates["h2h_reset"], True))
-        h2h = make.sequential(make.linear("h2h", *gates["h2h"], True))
+        h2h_update, h2h_reset, h2h = gate("h2h_update", i), gate("h2h_reset", i), gate("h2h", i)
         add, sigmoid = make.simple("nn.CAddTable"), make.simple("nn.Sigmoid")
         update = call(sigmoid, call(add, call(i2h_update, inputs[i]), call(h2h_update, hids[i - 1])))
         add, sigmoid = make.simple("nn.CAddTable"), make.simple("nn.Sigmoid")
@@ -330,7 +334,7 @@ def fixed_gru(make, gates, steps, average):
     return gmodule(inputs, [mean_of(make, hids) if average else hids[-1]])
 
 
-def fixed_rnn(make, gates, steps, average=True):
+def fixed_rnn(make, gates, steps):
     """FixedRNN.rnn(nstep, avg, emb_dim) (it always averages)."""
     inputs = [call(make.simple("nn.Identity")) for _ in range(steps)]
     states = []
@@ -367,10 +371,13 @@ def hybrid_cnn(make, params, field_order):
                                       indices=make.buffer(2, 3, element="CudaLong")))
     inputs = [call(make.simple("nn.Identity"))]
     frames = call(make.simple("nn.SplitTable", dimension=2.0), call(make.sequential(*layers), inputs[0]))
-    build_rnn = fixed_gru if params["rnn"] == "gru" else fixed_rnn
-    rnn_node = call(build_rnn(make, params["gates"], params["steps"], params["average"]), frames)
-    dropout = call(make.simple("nn.Dropout", p=params["dropout"], v2=True, noise=make.buffer(2, 3),
-                               inplace=False), rnn_node)
+    rnn = (fixed_gru(make, params["gates"], params["steps"], params["average"], params.get("untied"))
+           if params["rnn"] == "gru" else fixed_rnn(make, params["gates"], params["steps"]))
+    rnn_node = call(rnn, frames)
+    dropout_fields = {"p": params["dropout"], "noise": make.buffer(2, 3), "inplace": False}
+    if params["dropout_v2"]:  # nn.Dropout before its "v2" had no such field
+        dropout_fields["v2"] = True
+    dropout = call(make.simple("nn.Dropout", **dropout_fields), rnn_node)
     weight, bias = params["projection"]
     out = call(make.linear("projection", weight, bias), dropout)
     return gmodule(inputs, [out], field_order)
@@ -429,7 +436,7 @@ def rnn_module_positions(params):
 # -- parameters -------------------------------------------------------------------------
 
 def random_parameters(seed, kind="birds", channels=(16, 16, 12), embedding_dim=10, dropout=0.0,
-                      average=True):
+                      dropout_v2=True, average=True):
     """Random weights of the birds (HybridCNNLong + FixedGRU) or flowers
     (HybridCNN + FixedRNN) encoder, in torch's layouts, scaled so that every
     layer's outputs are of order 1."""
@@ -451,7 +458,8 @@ def random_parameters(seed, kind="birds", channels=(16, 16, 12), embedding_dim=1
     projection = (rng.uniform(-1, 1, (embedding_dim, size)) * np.sqrt(3.0 / size),
                   rng.uniform(-0.5, 0.5, embedding_dim))
     return {"convs": convs, "gates": gates, "projection": projection, "steps": length,
-            "rnn": "gru" if kind == "birds" else "rnn", "average": average, "dropout": dropout}
+            "rnn": "gru" if kind == "birds" else "rnn", "average": average, "dropout": dropout,
+            "dropout_v2": dropout_v2}
 
 
 # -- what the Lua computes ----------------------------------------------------------------
@@ -531,5 +539,7 @@ def reference_embeddings(params, captions, lowercase=False, dash_first=False, ch
         candidate = np.tanh(lin("i2h", frame) + lin("h2h", reset * previous))
         states.append(update * candidate + (1.0 - update) * previous)
     hidden = states[-1] if (last_state or not params["average"]) else sum(states) * (1.0 / len(states))
+    if not params["dropout_v2"]:  # old nn.Dropout scaled at evaluation
+        hidden = hidden * (1.0 - params["dropout"])
     weight, bias = params["projection"]
     return hidden @ weight.T + bias
