@@ -59,6 +59,10 @@ BIRDS_CNN = {"conv_channels": (384, 512, 512), "conv_widths": (4, 4, 4),
 FLOWERS_CNN = {"conv_channels": (384, 512, 256), "conv_widths": (4, 4, 4),
                "pools": ((3, 3), (3, 3), (3, 2))}
 DEFAULT_BATCH_SIZE = 128
+# A batch is made smaller where a layer's float32 output would exceed this
+# (not for the authors' encoders: 220 captions fit), so that an encoder file
+# with very wide layers cannot exhaust memory.
+MAX_ACTIVATION_BYTES = 1 << 26
 PROGRESS_MIN_CAPTIONS = 1000  # a progress bar for inputs at least this long
 
 
@@ -188,9 +192,11 @@ class CharCNNRNN(keras.Model):
         self.rnn, self.average, self.embedding_dim = rnn, bool(average), int(embedding_dim)
         self.dropout_rate, self.dropout_scaled_in_training = float(dropout), bool(dropout_scaled_in_training)
         self.threshold, self.threshold_value = float(threshold), float(threshold_value)
-        self.num_steps = self.sequence_length
-        for width, stride, pool in zip(self.conv_widths, self.conv_strides, self.pools):
+        self.num_steps, self.activation_size = self.sequence_length, 0
+        for channels, width, stride, pool in zip(self.conv_channels, self.conv_widths, self.conv_strides,
+                                                 self.pools):
             self.num_steps = frames_after(self.num_steps, width, stride)
+            self.activation_size = max(self.activation_size, self.num_steps * channels)  # per caption
             if pool is not None:
                 self.num_steps = frames_after(self.num_steps, *pool)
         if self.num_steps < 1:
@@ -311,6 +317,7 @@ def embed_captions(model, captions, lowercase=False, batch_size=DEFAULT_BATCH_SI
     ``(len(captions), model.embedding_dim)``.  ``progress``: show a progress
     bar (default: for PROGRESS_MIN_CAPTIONS captions or more)."""
     forward = inference_function(model)
+    batch_size = max(1, min(batch_size, MAX_ACTIVATION_BYTES // (4 * model.activation_size)))
     count = len(captions)
     if progress is None:
         progress = count >= PROGRESS_MIN_CAPTIONS

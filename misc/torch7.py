@@ -43,7 +43,9 @@ Python recursion; it is capped at ``MAX_NESTING``.  A file that breaks any
 rule is a ``Torch7Error`` naming it.
 """
 
+import itertools
 import math
+import reprlib
 import struct
 
 import numpy as np
@@ -69,7 +71,7 @@ MAX_NESTING = 10_000
 MAX_DIMENSIONS = 25
 # All tensors of a file together may view at most this many elements plus
 # VIEW_ELEMENTS_PER_BYTE per byte of the file (see view_budget).
-VIEW_ELEMENTS_BASE = 1 << 24
+VIEW_ELEMENTS_BASE = 1 << 20
 VIEW_ELEMENTS_PER_BYTE = 8
 
 # torch class-name prefix -> numpy element type
@@ -137,6 +139,18 @@ class TableKey:
         return f"TableKey({type(self.value).__name__} at {id(self.value):#x})"
 
 
+def printable(text):
+    """``text`` with every unprintable character (a newline, say) as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def shown(value, limit=80):
+    """A value read from a file, for a one-line message: printable and at
+    most ``limit`` characters (a file's strings can be anything)."""
+    text = printable((value if isinstance(value, str) else reprlib.repr(value))[:limit + 1])
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def view_budget(num_bytes):
     """How many tensor elements a file of ``num_bytes`` bytes may view in all."""
     return VIEW_ELEMENTS_BASE + VIEW_ELEMENTS_PER_BYTE * num_bytes
@@ -185,7 +199,7 @@ class _FieldsFrame:
 
     def feed(self, value, reader):
         if not isinstance(value, dict):
-            reader.fail(f"{self.result.typename}: expected a table of fields")
+            reader.fail(f"{shown(self.result.typename)}: expected a table of fields")
         self.result.fields = value
         return True
 
@@ -225,11 +239,12 @@ class _Reader:
         self.long_size = long_size
         self.source = source
         self.objects = {}
+        self.storages = set()  # ids of the storages read (kept alive in objects)
         self.view_elements_left = view_budget(len(self.data))
 
     def fail(self, message):
-        raise Torch7Error(f"{self.source}: {message} (at byte {self.pos}); "
-                          "not a torch7 binary file this reader supports")
+        raise Torch7Error(printable(f"{self.source}: {message} (at byte {self.pos}); "
+                                    "not a torch7 binary file this reader supports"))
 
     @property
     def left(self):
@@ -324,7 +339,7 @@ class _Reader:
         except ValueError:
             number = math.nan
         if not math.isfinite(number):
-            self.fail(f"bad version string {version!r}")
+            self.fail(f"bad version string {shown(version)!r}")
         return int(number)
 
     def torch_object(self, index, frames):
@@ -348,6 +363,7 @@ class _Reader:
                 self.fail(f"{typename} of {size} elements in the {self.left} bytes left")
             array = np.frombuffer(self.take(size * dtype.itemsize), dtype=dtype).copy()
             self.objects[index] = array
+            self.storages.add(id(array))
             return array, True
         ndim = self.int()
         if not 0 <= ndim <= MAX_DIMENSIONS:
@@ -364,7 +380,7 @@ class _Reader:
         typename, sizes, strides, offset = header.typename, header.sizes, header.strides, header.offset
         if not sizes or storage is None:
             return np.zeros((0,), header.dtype)
-        if not isinstance(storage, np.ndarray) or storage.dtype != header.dtype:
+        if id(storage) not in self.storages or storage.dtype != header.dtype:
             self.fail(f"{typename}: its storage is not a {typename[:-len('Tensor')]}Storage")
         if min(sizes) < 0 or min(strides) < 0 or offset < 0:
             self.fail(f"{typename}: negative size, stride or offset (sizes {sizes}, strides {strides}, "
@@ -419,18 +435,15 @@ def dumps(value):
     class with its own contiguous storage).  An object met twice is written
     once and referred to by its index, as torch does."""
     out = bytearray()
-    indices = {}  # id of a table or array written -> its index
-    count = [0]  # objects numbered so far (storages too)
+    indices = {}  # id of a table or array written -> its reference index
+    numbers = itertools.count(1)  # reference indices, storages included
 
-    def header(code, obj=None):
-        """Type code and reference index; True when ``obj`` was written
-        before (``None``: a new object that is never referred to again)."""
-        known = obj is not None and id(obj) in indices
+    def header(code, obj):
+        """Type code and reference index; True when ``obj`` was written before."""
+        known = id(obj) in indices
         if not known:
-            count[0] += 1
-            if obj is not None:
-                indices[id(obj)] = count[0]
-        out.extend(struct.pack("<ii", code, indices[id(obj)] if obj is not None else count[0]))
+            indices[id(obj)] = next(numbers)
+        out.extend(struct.pack("<ii", code, indices[id(obj)]))
         return known
 
     def string(data):
@@ -468,7 +481,7 @@ def dumps(value):
         for text in ("V 1", f"torch.{element}Tensor"):
             string(text.encode())
         out.extend(struct.pack(f"<i{2 * array.ndim + 1}q", array.ndim, *array.shape, *strides, 1))
-        header(TYPE_TORCH)  # the storage: a new object of its own
+        out.extend(struct.pack("<ii", TYPE_TORCH, next(numbers)))  # its storage, a new object
         for text in ("V 1", f"torch.{element}Storage"):
             string(text.encode())
         out.extend(struct.pack("<q", array.size) + array.tobytes())

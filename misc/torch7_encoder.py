@@ -25,13 +25,17 @@ saying what was found.
 
 import math
 
+import keras
 import numpy as np
 
 from misc import torch7
-from misc.char_cnn_rnn import ALPHABET, SEQUENCE_LENGTH, CharCNNRNN, TextEncoderError
+from misc.char_cnn_rnn import ALPHABET, SEQUENCE_LENGTH, CharCNNRNN, TextEncoderError, frames_after
+from misc.torch7 import shown
 
-# Largest layer size accepted from a file (the authors' largest is 1024).
+# Largest layer size and number of weights accepted from a file (the
+# authors' largest layer has 1024 units, their birds encoder 4 M weights).
 MAX_LAYER_SIZE = 8192
+MAX_WEIGHTS = 1 << 25
 # cudnn's modules compute what their nn twins compute.
 ALIASES = {"cudnn.Tanh": "nn.Tanh", "cudnn.Sigmoid": "nn.Sigmoid", "cudnn.ReLU": "nn.ReLU"}
 COMMUTATIVE = ("nn.CAddTable", "nn.CMulTable")
@@ -99,9 +103,10 @@ class Node:
     def source(self):
         """The node whose output this one passes on (itself unless it is an
         nn.Identity or a module-less single-input node)."""
-        node = self
+        node, seen = self, set()
         while (node.typename == PASS_THROUGH or (node.module is None and "selectindex" not in node.data)) \
-                and len(node.inputs) == 1:
+                and len(node.inputs) == 1 and id(node) not in seen:
+            seen.add(id(node))  # a crafted graph may loop
             node = node.inputs[0]
         return node
 
@@ -109,6 +114,12 @@ class Node:
 def _typename(module):
     name = module.typename if isinstance(module, torch7.TorchObject) else None
     return ALIASES.get(name, name)
+
+
+def _whole(value):
+    """A Lua number that is a whole number as an int, else None."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return int(value) if is_number and math.isfinite(value) and value == int(value) else None
 
 
 def _as_list(table, what):
@@ -178,6 +189,8 @@ class Graph:
         by_data = {id(node.data): node for node in self.nodes}
         for node in self.nodes:
             mapindex = node.data.get("mapindex", {})
+            if not isinstance(mapindex, dict):
+                raise _Mismatch("a node's mapindex is not a table")
             inputs = [mapindex.get(k) for k in range(1, sum(isinstance(k, int) for k in mapindex) + 1)]
             if not all(id(data) in by_data for data in inputs):
                 raise _Mismatch("a node's input is not a node of the graph")
@@ -204,51 +217,62 @@ class Graph:
 # -- fields ---------------------------------------------------------------------
 
 def integer_field(module, name, low=1, high=MAX_LAYER_SIZE):
-    value = module.fields.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value != int(value) or not low <= value <= high:
-        raise _Mismatch(f"{module.typename}'s {name} is {value!r}; expected an integer from {low} to {high}")
-    return int(value)
+    value = _whole(module.fields.get(name))
+    if value is None or not low <= value <= high:
+        raise _Mismatch(f"{shown(module.typename)}'s {name} is {shown(module.fields.get(name))}; expected "
+                        f"an integer from {low} to {high}")
+    return value
 
 
 def number_field(module, name, default=None):
     value = module.fields.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Mismatch(f"{module.typename}'s {name} is {value!r}; expected a finite number")
+        raise _Mismatch(f"{shown(module.typename)}'s {name} is {shown(value)}; expected a finite number")
     return float(value)
 
 
 def tensor_field(module, name, shape, required=True):
-    """The float32 copy of a weight tensor of exactly ``shape`` (a missing
-    optional one, such as a Linear without bias, is zeros)."""
+    """A weight tensor of exactly ``shape``, as read (a view of its storage;
+    a missing optional one, such as a Linear without bias, is zeros)."""
     value = module.fields.get(name)
     if value is None and not required:
         return np.zeros(shape, np.float32)
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-        raise _Mismatch(f"{module.typename}'s {name} is not a float tensor")
+        raise _Mismatch(f"{shown(module.typename)}'s {name} is not a float tensor")
     if value.shape != tuple(shape):
-        raise _Mismatch(f"{module.typename}'s {name} has shape {list(value.shape)}; expected {list(shape)}")
-    if not np.all(np.isfinite(value)):
-        raise _Mismatch(f"{module.typename}'s {name} holds NaN or infinite values")
-    return np.array(value, np.float32)
+        raise _Mismatch(f"{shown(module.typename)}'s {name} has shape {list(value.shape)}; expected "
+                        f"{list(shape)}")
+    return value
 
 
 def linear_weights(module, inputs, outputs=None):
-    """(kernel (inputs x outputs), bias) of an nn.Linear taking ``inputs``
+    """(weight (outputs x inputs), bias) of an nn.Linear taking ``inputs``
     (and giving ``outputs``, if given)."""
     weight = module.fields.get("weight")
     rows = weight.shape[0] if isinstance(weight, np.ndarray) and weight.ndim == 2 else 0
     outputs = outputs or rows
     if not 1 <= outputs <= MAX_LAYER_SIZE:
         raise _Mismatch(f"nn.Linear's weight is not a matrix of 1 to {MAX_LAYER_SIZE} rows")
-    return [tensor_field(module, "weight", (outputs, inputs)).T,
+    return [tensor_field(module, "weight", (outputs, inputs)),
             tensor_field(module, "bias", (outputs,), required=False)]
+
+
+def checked_weights(parts):
+    """{Keras layer name: [weight, bias] as read} -> the same as float32
+    copies, after checking their total size and their values."""
+    total = sum(array.size for arrays in parts.values() for array in arrays)
+    if total > MAX_WEIGHTS:
+        raise _Mismatch(f"{total} weights; at most {MAX_WEIGHTS} are supported")
+    for name, arrays in parts.items():
+        if not all(np.all(np.isfinite(array)) for array in arrays):
+            raise _Mismatch(f"the weights of its {name} layer hold NaN or infinite values")
+    return {name: [np.array(array, np.float32) for array in arrays] for name, arrays in parts.items()}
 
 
 # -- the parts ------------------------------------------------------------------
 
 def read_cnn(sequential):
-    """Per convolution (channels, width, stride, pooling or None, kernel,
+    """Per convolution (channels, width, stride, pooling or None, weight,
     bias) and the Threshold's (threshold, value) from the CNN's modules."""
     modules = _as_list(sequential.fields.get("modules"), "the CNN's modules")
     layers, thresholds, inputs = [], set(), len(ALPHABET)
@@ -256,24 +280,24 @@ def read_cnn(sequential):
     while position < len(modules):
         names = [_typename(m) for m in modules[position:position + 3]]
         if names[:2] != ["nn.TemporalConvolution", "nn.Threshold"]:
-            raise _Mismatch(f"the CNN's module {position + 1} is {names[0]}; expected nn.TemporalConvolution "
-                            "followed by nn.Threshold (and optionally nn.TemporalMaxPooling)")
+            raise _Mismatch(f"the CNN's module {position + 1} is {shown(names[0])}; expected "
+                            "nn.TemporalConvolution followed by nn.Threshold (and optionally "
+                            "nn.TemporalMaxPooling)")
         conv, threshold = modules[position], modules[position + 1]
         width, stride = integer_field(conv, "kW", high=SEQUENCE_LENGTH), integer_field(conv, "dW")
         channels = integer_field(conv, "outputFrameSize")
         if integer_field(conv, "inputFrameSize") != inputs:
             what = "the alphabet" if not layers else "the previous convolution's output"
-            raise _Mismatch(f"convolution {len(layers) + 1} takes {conv.fields['inputFrameSize']!r} "
+            raise _Mismatch(f"convolution {len(layers) + 1} takes {conv.fields['inputFrameSize']:g} "
                             f"channels, not the {inputs} of {what}")
         weight = tensor_field(conv, "weight", (channels, width * inputs))
-        kernel = weight.reshape(channels, width, inputs).transpose(1, 2, 0)  # frame-major windows
         bias = tensor_field(conv, "bias", (channels,))
         thresholds.add((number_field(threshold, "threshold"), number_field(threshold, "val")))
         pool = None
         if len(names) == 3 and names[2] == "nn.TemporalMaxPooling":
             pool_module = modules[position + 2]
             pool = (integer_field(pool_module, "kW", high=SEQUENCE_LENGTH), integer_field(pool_module, "dW"))
-        layers.append((channels, width, stride, pool, kernel, bias))
+        layers.append((channels, width, stride, pool, weight, bias))
         inputs = channels
         position += 3 if pool else 2
     if not layers:
@@ -292,8 +316,9 @@ def read_rnn(gmodule, size):
     if steps == 1:
         step_inputs = [graph.innode]
     else:
-        selects = {node.data.get("selectindex"): node for node in graph.nodes if "selectindex" in node.data}
-        if sorted(selects) != list(range(1, steps + 1)):
+        selects = {_whole(node.data.get("selectindex")): node for node in graph.nodes
+                   if "selectindex" in node.data}
+        if set(selects) != set(range(1, steps + 1)):
             raise _Mismatch(f"the RNN's {steps} inputs are not split from one input")
         step_inputs = [selects[k] for k in range(1, steps + 1)]
     output = graph.output.source()
@@ -392,7 +417,7 @@ def describe_found(obj):
     if isinstance(obj, torch7.TorchObject):
         return obj.typename
     if isinstance(obj, dict):
-        keys = ", ".join(sorted(map(str, obj))[:5])
+        keys = ", ".join(sorted(shown(key, 20) for key in obj)[:5])
         return f"a table ({keys})" if keys else "an empty table"
     return type(obj).__name__
 
@@ -418,13 +443,13 @@ def load_torch7_encoder(path):
 def build_encoder(obj):
     module, source = find_encoder(obj)
     if _typename(module) != "nn.gModule":
-        raise _Mismatch(f"found {describe_found(module)}, expected an nn.gModule")
+        raise _Mismatch(f"found {shown(describe_found(module))}, expected an nn.gModule")
     graph = Graph(module)
     bound = first_match(ENCODER_PATTERN, graph.output, {})
     if bound is None or bound["input"] is not graph.innode.source():
         found = " -> ".join(str(n.typename) for n in graph.nodes if n.module is not None)
-        raise _Mismatch(f"its graph is {found}; expected nn.Sequential (CNN) -> nn.SplitTable -> "
-                        "nn.gModule (RNN) -> nn.Dropout -> nn.Linear")
+        raise _Mismatch(f"its graph is {shown(found, 200)}; expected nn.Sequential (CNN) -> nn.SplitTable "
+                        "-> nn.gModule (RNN) -> nn.Dropout -> nn.Linear")
     layers, (threshold, threshold_value) = read_cnn(bound["cnn"].module)
     split = bound["split"].module
     if number_field(split, "dimension") != 2 or split.fields.get("nInputDims") is not None:
@@ -438,17 +463,25 @@ def build_encoder(obj):
                         "cannot have used")
     projection = linear_weights(bound["projection"].module, size)
     channels, widths, strides, pools = ([layer[i] for layer in layers] for i in range(4))
+    frames = SEQUENCE_LENGTH
+    for width, stride, pool in zip(widths, strides, pools):
+        frames = frames_after(frames, width, stride)
+        frames = frames_after(frames, *pool) if pool else frames
+    steps = rnn_steps(bound["rnn"].module, Graph(bound["rnn"].module))
+    if frames != steps:
+        raise _Mismatch(f"its CNN gives {frames} frames of {SEQUENCE_LENGTH} bytes but its RNN takes {steps}")
+    parts = {f"conv{i + 1}": list(layer[4:]) for i, layer in enumerate(layers)}
+    parts.update(gates, projection=projection)
+    weights = checked_weights(parts)
     model = CharCNNRNN(conv_channels=channels, conv_widths=widths, conv_strides=strides, pools=pools,
-                       rnn=rnn, average=average, embedding_dim=projection[0].shape[1], dropout=rate,
+                       rnn=rnn, average=average, embedding_dim=len(projection[1]), dropout=rate,
                        dropout_scaled_in_training=bool(dropout.fields.get("v2")),
                        threshold=threshold, threshold_value=threshold_value)
-    steps = rnn_steps(bound["rnn"].module, Graph(bound["rnn"].module))
-    if model.num_steps != steps:
-        raise _Mismatch(f"its CNN gives {model.num_steps} frames of {SEQUENCE_LENGTH} bytes but its RNN "
-                        f"takes {steps}")
-    for convolution, layer in zip(model.convolutions, layers):
-        convolution.set_weights(list(layer[4:]))
-    for role, values in gates.items():
-        model.gates[role].set_weights(values)
-    model.projection.set_weights(projection)
+    for name, (weight, bias) in weights.items():
+        layer = model.get_layer(name)
+        if isinstance(layer, keras.layers.Conv1D):  # torch: weight[o, k * inputs + c], frame-major windows
+            weight = weight.reshape(layer.filters, layer.kernel_size[0], -1).transpose(1, 2, 0)
+        else:  # torch's Linear: outputs x inputs
+            weight = weight.T
+        layer.set_weights([weight, bias])
     return model, {"source": source, "rnn": rnn, "steps": steps, "average": average, "positions": positions}

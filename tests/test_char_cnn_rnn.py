@@ -23,6 +23,7 @@ from lua_encoder_fixture import (
     reference_embeddings,
     rnn_module_positions,
 )
+from misc import torch7_encoder
 from misc.char_cnn_rnn import CharCNNRNN, caption_lines, embed_captions, load_encoder, one_hot
 
 TOLERANCE = 1e-4  # of the float64 Lua reference (issue 21)
@@ -162,3 +163,15 @@ def test_architectures_and_training():
     clone.set_weights(model.get_weights())
     np.testing.assert_array_equal(clone(x).numpy(), model(x).numpy())
     assert keras.saving.get_registered_object("stackgan>CharCNNRNN") is CharCNNRNN
+
+
+def test_weights_are_bounded_before_they_are_copied():
+    """However a file's views repeat elements, the encoder copies at most
+    MAX_WEIGHTS weights, all finite."""
+    huge = np.broadcast_to(np.float32(0.5), (torch7_encoder.MAX_WEIGHTS + 1,))  # no memory behind it
+    with pytest.raises(torch7_encoder._Mismatch, match=f"{huge.size + 1} weights; at most"):
+        torch7_encoder.checked_weights({"conv1": [huge, np.zeros(1)]})
+    with pytest.raises(torch7_encoder._Mismatch, match="its i2h layer hold NaN or infinite"):
+        torch7_encoder.checked_weights({"i2h": [np.ones((2, 2)), np.array([1.0, np.inf])]})
+    copies = torch7_encoder.checked_weights({"h2h": [np.ones((2, 2)), np.zeros(2)]})
+    assert [a.dtype for a in copies["h2h"]] == [np.float32, np.float32]

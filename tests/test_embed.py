@@ -165,6 +165,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, birds, capsys):
     nan_path = encoder_file(str(tmp_path / "nan.t7"), nan, layout="module")
     hostile = tmp_path / "hostile.t7"
     hostile.write_bytes(HOSTILE_FILES["zero strides"][0])
+    newline = write_t7(str(tmp_path / "newline.t7"), T7Object("nn.Bad\nclass\x1b[2J", {}))
     junk = tmp_path / "junk.t7"
     junk.write_bytes(np.random.default_rng(0).bytes(500))
     out = str(tmp_path / "out.npy")
@@ -187,9 +188,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, birds, capsys):
         (no_encoder, ["no_enc_doc.t7", "a checkpoint without protos.enc_doc"]),
         (untied, ["untied.t7", "step 6's h2h_update Linear has other weights", "must share them"]),
         (wide_path, ["wide.t7", "convolution 1 takes 71", "not the 70 of the alphabet"]),
-        (nan_path, ["nan.t7", "nn.Linear's weight holds NaN"]),
+        (nan_path, ["nan.t7", "the weights of its projection layer hold NaN or infinite values"]),
         (str(hostile), ["hostile.t7", "beyond what a file of"]),
         (str(junk), ["junk.t7", "not a torch7 binary file"]),
+        (newline, ["newline.t7", "found nn.Bad?class?[2J, expected an nn.gModule"]),
     ]
     cases += [(["--captions", good, "--out", out], parts, path) for path, parts in encoders]
     before = sorted(os.listdir(tmp_path))

@@ -350,6 +350,7 @@ def raw_record(*fields):
     return b"".join(struct.pack("<" + kind, value) for kind, value in fields)
 
 
+VIEW = T7Tensor(T7Storage(np.ones(4, np.float32)), [2, 2], [1, 2])
 HOSTILE_FILES = {
     # zero strides: a 1-element storage viewed as 10^10 elements (a 250-byte
     # file made the demo allocate 2.2 GB before this was bounded)
@@ -371,6 +372,9 @@ HOSTILE_FILES = {
     "version V nan": (crafted(sizes=[1], strides=[1], header_edit=lambda d: d.replace(
         b"\x03\x00\x00\x00V 1", b"\x05\x00\x00\x00V nan", 1)), "bad version string 'V nan'"),
     "past the storage": (crafted(sizes=[2, 3], strides=[3, 1], storage=5), "run past its storage"),
+    # a tensor whose storage is another tensor (a strided view): not a storage
+    "a tensor as storage": (t7_bytes([VIEW, T7Tensor(VIEW, [4, 4], [1, 4])]),
+                            "its storage is not a torch.FloatStorage"),
     "offset past the storage": (crafted(sizes=[1], strides=[1], storage=5, offset=7), "run past its storage"),
 }
 
