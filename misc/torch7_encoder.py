@@ -126,10 +126,10 @@ def _as_list(table, what):
     try:
         return torch7.as_list(table)
     except torch7.Torch7Error:
-        raise _Mismatch(f"{what} is not a list") from None
+        raise LayoutMismatch(f"{what} is not a list") from None
 
 
-class _Mismatch(Exception):
+class LayoutMismatch(Exception):
     """The graph is not the expected one (becomes a TextEncoderError)."""
 
 
@@ -184,21 +184,21 @@ class Graph:
         forward = _as_list(fields.get("forwardnodes"), "its forwardnodes")
         datas = [getattr(node, "fields", {}).get("data") for node in forward]
         if not all(isinstance(data, dict) for data in datas):
-            raise _Mismatch("a forward node without data")
+            raise LayoutMismatch("a forward node without data")
         self.nodes = [Node(data) for data in datas]
         by_data = {id(node.data): node for node in self.nodes}
         for node in self.nodes:
             mapindex = node.data.get("mapindex", {})
             if not isinstance(mapindex, dict):
-                raise _Mismatch("a node's mapindex is not a table")
+                raise LayoutMismatch("a node's mapindex is not a table")
             inputs = [mapindex.get(k) for k in range(1, sum(isinstance(k, int) for k in mapindex) + 1)]
             if not all(id(data) in by_data for data in inputs):
-                raise _Mismatch("a node's input is not a node of the graph")
+                raise LayoutMismatch("a node's input is not a node of the graph")
             node.inputs = [by_data[id(data)] for data in inputs]
         self.innode = self.node_of(fields.get("innode"), "innode")
         outnode = self.node_of(fields.get("outnode"), "outnode")
         if len(outnode.inputs) != 1:
-            raise _Mismatch(f"{len(outnode.inputs)} outputs; the encoder has one")
+            raise LayoutMismatch(f"{len(outnode.inputs)} outputs; the encoder has one")
         self.output = outnode.inputs[0]
         self.modules = _as_list(fields.get("modules", {}), "its modules")
 
@@ -207,7 +207,7 @@ class Graph:
         for node in self.nodes:
             if node.data is data:
                 return node
-        raise _Mismatch(f"its {what} is not one of its forward nodes")
+        raise LayoutMismatch(f"its {what} is not one of its forward nodes")
 
     def position(self, node):
         """0-based index of the node's module in the gModule's ``modules`` (None if absent)."""
@@ -219,15 +219,15 @@ class Graph:
 def integer_field(module, name, low=1, high=MAX_LAYER_SIZE):
     value = _whole(module.fields.get(name))
     if value is None or not low <= value <= high:
-        raise _Mismatch(f"{shown(module.typename)}'s {name} is {shown(module.fields.get(name))}; expected "
-                        f"an integer from {low} to {high}")
+        raise LayoutMismatch(f"{shown(module.typename)}'s {name} is {shown(module.fields.get(name))}; "
+                             f"expected an integer from {low} to {high}")
     return value
 
 
 def number_field(module, name, default=None):
     value = module.fields.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Mismatch(f"{shown(module.typename)}'s {name} is {shown(value)}; expected a finite number")
+        raise LayoutMismatch(f"{shown(module.typename)}'s {name} is {shown(value)}; expected a finite number")
     return float(value)
 
 
@@ -238,10 +238,10 @@ def tensor_field(module, name, shape, required=True):
     if value is None and not required:
         return np.zeros(shape, np.float32)
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-        raise _Mismatch(f"{shown(module.typename)}'s {name} is not a float tensor")
+        raise LayoutMismatch(f"{shown(module.typename)}'s {name} is not a float tensor")
     if value.shape != tuple(shape):
-        raise _Mismatch(f"{shown(module.typename)}'s {name} has shape {list(value.shape)}; expected "
-                        f"{list(shape)}")
+        raise LayoutMismatch(f"{shown(module.typename)}'s {name} has shape {list(value.shape)}; expected "
+                             f"{list(shape)}")
     return value
 
 
@@ -252,7 +252,7 @@ def linear_weights(module, inputs, outputs=None):
     rows = weight.shape[0] if isinstance(weight, np.ndarray) and weight.ndim == 2 else 0
     outputs = outputs or rows
     if not 1 <= outputs <= MAX_LAYER_SIZE:
-        raise _Mismatch(f"nn.Linear's weight is not a matrix of 1 to {MAX_LAYER_SIZE} rows")
+        raise LayoutMismatch(f"nn.Linear's weight is not a matrix of 1 to {MAX_LAYER_SIZE} rows")
     return [tensor_field(module, "weight", (outputs, inputs)),
             tensor_field(module, "bias", (outputs,), required=False)]
 
@@ -262,10 +262,10 @@ def checked_weights(parts):
     copies, after checking their total size and their values."""
     total = sum(array.size for arrays in parts.values() for array in arrays)
     if total > MAX_WEIGHTS:
-        raise _Mismatch(f"{total} weights; at most {MAX_WEIGHTS} are supported")
+        raise LayoutMismatch(f"{total} weights; at most {MAX_WEIGHTS} are supported")
     for name, arrays in parts.items():
         if not all(np.all(np.isfinite(array)) for array in arrays):
-            raise _Mismatch(f"the weights of its {name} layer hold NaN or infinite values")
+            raise LayoutMismatch(f"the weights of its {name} layer hold NaN or infinite values")
     return {name: [np.array(array, np.float32) for array in arrays] for name, arrays in parts.items()}
 
 
@@ -280,16 +280,16 @@ def read_cnn(sequential):
     while position < len(modules):
         names = [_typename(m) for m in modules[position:position + 3]]
         if names[:2] != ["nn.TemporalConvolution", "nn.Threshold"]:
-            raise _Mismatch(f"the CNN's module {position + 1} is {shown(names[0])}; expected "
-                            "nn.TemporalConvolution followed by nn.Threshold (and optionally "
-                            "nn.TemporalMaxPooling)")
+            raise LayoutMismatch(f"the CNN's module {position + 1} is {shown(names[0])}; expected "
+                                 "nn.TemporalConvolution followed by nn.Threshold (and optionally "
+                                 "nn.TemporalMaxPooling)")
         conv, threshold = modules[position], modules[position + 1]
         width, stride = integer_field(conv, "kW", high=SEQUENCE_LENGTH), integer_field(conv, "dW")
         channels = integer_field(conv, "outputFrameSize")
         if integer_field(conv, "inputFrameSize") != inputs:
             what = "the alphabet" if not layers else "the previous convolution's output"
-            raise _Mismatch(f"convolution {len(layers) + 1} takes {conv.fields['inputFrameSize']:g} "
-                            f"channels, not the {inputs} of {what}")
+            raise LayoutMismatch(f"convolution {len(layers) + 1} takes {conv.fields['inputFrameSize']:g} "
+                                 f"channels, not the {inputs} of {what}")
         weight = tensor_field(conv, "weight", (channels, width * inputs))
         bias = tensor_field(conv, "bias", (channels,))
         thresholds.add((number_field(threshold, "threshold"), number_field(threshold, "val")))
@@ -301,16 +301,17 @@ def read_cnn(sequential):
         inputs = channels
         position += 3 if pool else 2
     if not layers:
-        raise _Mismatch("the CNN has no modules")
+        raise LayoutMismatch("the CNN has no modules")
     if len(thresholds) != 1:
-        raise _Mismatch(f"the CNN's nn.Threshold modules differ {sorted(thresholds)}; one setting is "
-                        "supported")
+        raise LayoutMismatch(f"the CNN's nn.Threshold modules differ {sorted(thresholds)}; one setting "
+                                  "is supported")
     return layers, thresholds.pop()
 
 
 def read_rnn(gmodule, size):
-    """(rnn type, average, {role: [kernel, bias]}, {role: position}) of the
-    RNN gModule, from its graph."""
+    """({role: [weight, bias] as read}, {"rnn": its type, "steps",
+    "average", "positions": {role: position}}) of the RNN gModule, from its
+    graph."""
     graph = Graph(gmodule)
     steps = rnn_steps(gmodule, graph)
     if steps == 1:
@@ -319,7 +320,7 @@ def read_rnn(gmodule, size):
         selects = {_whole(node.data.get("selectindex")): node for node in graph.nodes
                    if "selectindex" in node.data}
         if set(selects) != set(range(1, steps + 1)):
-            raise _Mismatch(f"the RNN's {steps} inputs are not split from one input")
+            raise LayoutMismatch(f"the RNN's {steps} inputs are not split from one input")
         step_inputs = [selects[k] for k in range(1, steps + 1)]
     output = graph.output.source()
     average = output.typename == "nn.MulConstant" and len(output.inputs) == 1
@@ -332,9 +333,10 @@ def read_rnn(gmodule, size):
         for last in last_states:
             chain = state_chain(last, step_inputs, first_step, later_step)
             if chain is not None and (not average or is_mean(output, chain[0])):
-                return rnn, average, tied_weights(graph, chain[1], size), role_positions(graph, chain[1])
-    raise _Mismatch(f"the RNN ({steps} steps) computes neither FixedGRU's nor FixedRNN's formula with "
-                    "shared weights (or the mean of its states)")
+                return tied_weights(chain[1], size), {"rnn": rnn, "steps": steps, "average": average,
+                                                      "positions": role_positions(graph, chain[1])}
+    raise LayoutMismatch(f"the RNN ({steps} steps) computes neither FixedGRU's nor FixedRNN's formula (or "
+                              "the mean of its states)")
 
 
 def rnn_steps(gmodule, graph):
@@ -376,9 +378,9 @@ def is_mean(output, states):
     return node is states[0]
 
 
-def tied_weights(graph, steps, size):
-    """{role: [kernel, bias]}, after checking that every step's Linear of a
-    role holds the same weights."""
+def tied_weights(steps, size):
+    """{role: [weight, bias] as read}, after checking that every step's
+    Linear of a role holds the same weights."""
     weights = {}
     for t, bound in enumerate(steps):
         for role in [name for name in bound if name not in ("x", "h", "update")]:
@@ -386,8 +388,8 @@ def tied_weights(graph, steps, size):
             if role not in weights:
                 weights[role] = values
             elif not all(np.array_equal(a, b) for a, b in zip(weights[role], values)):
-                raise _Mismatch(f"step {t + 1}'s {role} Linear has other weights than step 1's or 2's; "
-                                "the steps must share them")
+                raise LayoutMismatch(f"step {t + 1}'s {role} Linear holds other weights than the first "
+                                  "step's; the steps must share them")
     return weights
 
 
@@ -408,7 +410,7 @@ def find_encoder(obj):
         protos = obj["protos"]
         module = protos.get("enc_doc") if isinstance(protos, dict) else None
         if module is None:
-            raise _Mismatch("a checkpoint without protos.enc_doc")
+            raise LayoutMismatch("a checkpoint without protos.enc_doc")
         return module, "trainer checkpoint (protos.enc_doc)"
     return obj, "module"
 
@@ -434,7 +436,7 @@ def load_torch7_encoder(path):
         raise TextEncoderError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
     try:
         model, info = build_encoder(obj)
-    except _Mismatch as exc:
+    except LayoutMismatch as exc:
         raise TextEncoderError(f"{path}: not a char-CNN-RNN text encoder of the authors' layout ({exc}); "
                                "give their .t7 file (see README, 'Your own captions').") from None
     return model, {"path": path, **info}
@@ -443,39 +445,39 @@ def load_torch7_encoder(path):
 def build_encoder(obj):
     module, source = find_encoder(obj)
     if _typename(module) != "nn.gModule":
-        raise _Mismatch(f"found {shown(describe_found(module))}, expected an nn.gModule")
+        raise LayoutMismatch(f"found {shown(describe_found(module))}, expected an nn.gModule")
     graph = Graph(module)
     bound = first_match(ENCODER_PATTERN, graph.output, {})
     if bound is None or bound["input"] is not graph.innode.source():
         found = " -> ".join(str(n.typename) for n in graph.nodes if n.module is not None)
-        raise _Mismatch(f"its graph is {shown(found, 200)}; expected nn.Sequential (CNN) -> nn.SplitTable "
-                        "-> nn.gModule (RNN) -> nn.Dropout -> nn.Linear")
+        raise LayoutMismatch(f"its graph is {shown(found, 200)}; expected nn.Sequential (CNN) -> "
+                             "nn.SplitTable -> nn.gModule (RNN) -> nn.Dropout -> nn.Linear")
     layers, (threshold, threshold_value) = read_cnn(bound["cnn"].module)
     split = bound["split"].module
     if number_field(split, "dimension") != 2 or split.fields.get("nInputDims") is not None:
-        raise _Mismatch("its nn.SplitTable does not split the frames (dimension 2)")
+        raise LayoutMismatch("its nn.SplitTable does not split the frames (dimension 2)")
     size = layers[-1][0]
-    rnn, average, gates, positions = read_rnn(bound["rnn"].module, size)
+    gates, info = read_rnn(bound["rnn"].module, size)
     dropout = bound["dropout"].module
     rate = number_field(dropout, "p")
     if not 0 <= rate < 1 or (rate > 0 and dropout.fields.get("stochastic_inference")):
-        raise _Mismatch(f"its nn.Dropout has p {rate} (or drops at inference), which get_embedding.lua "
-                        "cannot have used")
+        raise LayoutMismatch(f"its nn.Dropout has p {rate} (or drops at inference), which get_embedding.lua "
+                             "cannot have used")
     projection = linear_weights(bound["projection"].module, size)
     channels, widths, strides, pools = ([layer[i] for layer in layers] for i in range(4))
     frames = SEQUENCE_LENGTH
     for width, stride, pool in zip(widths, strides, pools):
         frames = frames_after(frames, width, stride)
         frames = frames_after(frames, *pool) if pool else frames
-    steps = rnn_steps(bound["rnn"].module, Graph(bound["rnn"].module))
-    if frames != steps:
-        raise _Mismatch(f"its CNN gives {frames} frames of {SEQUENCE_LENGTH} bytes but its RNN takes {steps}")
+    if frames != info["steps"]:
+        raise LayoutMismatch(f"its CNN gives {frames} frames of {SEQUENCE_LENGTH} bytes but its RNN takes "
+                             f"{info['steps']}")
     parts = {f"conv{i + 1}": list(layer[4:]) for i, layer in enumerate(layers)}
     parts.update(gates, projection=projection)
     weights = checked_weights(parts)
     model = CharCNNRNN(conv_channels=channels, conv_widths=widths, conv_strides=strides, pools=pools,
-                       rnn=rnn, average=average, embedding_dim=len(projection[1]), dropout=rate,
-                       dropout_scaled_in_training=bool(dropout.fields.get("v2")),
+                       rnn=info["rnn"], average=info["average"], embedding_dim=len(projection[1]),
+                       dropout=rate, dropout_scaled_in_training=bool(dropout.fields.get("v2")),
                        threshold=threshold, threshold_value=threshold_value)
     for name, (weight, bias) in weights.items():
         layer = model.get_layer(name)
@@ -484,4 +486,4 @@ def build_encoder(obj):
         else:  # torch's Linear: outputs x inputs
             weight = weight.T
         layer.set_weights([weight, bias])
-    return model, {"source": source, "rnn": rnn, "steps": steps, "average": average, "positions": positions}
+    return model, {"source": source, **info}

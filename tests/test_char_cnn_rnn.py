@@ -169,9 +169,9 @@ def test_weights_are_bounded_before_they_are_copied():
     """However a file's views repeat elements, the encoder copies at most
     MAX_WEIGHTS weights, all finite."""
     huge = np.broadcast_to(np.float32(0.5), (torch7_encoder.MAX_WEIGHTS + 1,))  # no memory behind it
-    with pytest.raises(torch7_encoder._Mismatch, match=f"{huge.size + 1} weights; at most"):
+    with pytest.raises(torch7_encoder.LayoutMismatch, match=f"{huge.size + 1} weights; at most"):
         torch7_encoder.checked_weights({"conv1": [huge, np.zeros(1)]})
-    with pytest.raises(torch7_encoder._Mismatch, match="its i2h layer hold NaN or infinite"):
+    with pytest.raises(torch7_encoder.LayoutMismatch, match="its i2h layer hold NaN or infinite"):
         torch7_encoder.checked_weights({"i2h": [np.ones((2, 2)), np.array([1.0, np.inf])]})
     copies = torch7_encoder.checked_weights({"h2h": [np.ones((2, 2)), np.zeros(2)]})
     assert [a.dtype for a in copies["h2h"]] == [np.float32, np.float32]
