@@ -102,7 +102,7 @@ def as_bytes(caption):
 
 def one_hot(captions, lowercase=False, length=SEQUENCE_LENGTH):
     """The encoder input of ``captions`` (bytes or str): float32
-    ``(len(captions), length, len(ALPHABET))``, byte by byte as
+    ``(len(captions), length, ALPHABET_SIZE)``, byte by byte as
     get_embedding.lua builds it.  ``lowercase`` first maps the bytes A-Z to
     a-z (Lua's ``string.lower``), a deviation from get_embedding.lua for
     typed captions that start with a capital."""
@@ -112,7 +112,7 @@ def one_hot(captions, lowercase=False, length=SEQUENCE_LENGTH):
         if lowercase:
             data = data.lower()  # ASCII letters only, as string.lower in the C locale
         codes[row, :len(data)] = BYTE_CHANNELS[np.frombuffer(data, np.uint8)]
-    out = np.zeros(codes.shape + (len(ALPHABET),), np.float32)
+    out = np.zeros(codes.shape + (ALPHABET_SIZE,), np.float32)
     rows, steps = np.nonzero(codes >= 0)
     out[rows, steps, codes[rows, steps]] = 1.0
     return out
@@ -220,7 +220,9 @@ class CharCNNRNN(keras.Model):
 
     @classmethod
     def flowers(cls, **kwargs):
-        """The authors' flowers architecture (HybridCNN with FixedRNN)."""
+        """The authors' flowers architecture (HybridCNN with FixedRNN), with
+        HybridCNN.lua's default cnn_dim of 256 (the published flowers
+        encoder's is read from its file)."""
         return cls(**{**FLOWERS_CNN, "rnn": "rnn", "average": True, **kwargs})
 
     def gate_names(self):

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from misc import torch7
-from misc.char_cnn_rnn import ALPHABET, SEQUENCE_LENGTH, CharCNNRNN, TextEncoderError, frames_after
+from misc.char_cnn_rnn import ALPHABET_SIZE, SEQUENCE_LENGTH, CharCNNRNN, TextEncoderError, frames_after
 from misc.torch7 import shown
 
 # Largest layer size and number of weights accepted from a file (the
@@ -275,7 +275,7 @@ def read_cnn(sequential):
     """Per convolution (channels, width, stride, pooling or None, weight,
     bias) and the Threshold's (threshold, value) from the CNN's modules."""
     modules = _as_list(sequential.fields.get("modules"), "the CNN's modules")
-    layers, thresholds, inputs = [], set(), len(ALPHABET)
+    layers, thresholds, inputs = [], set(), ALPHABET_SIZE
     position = 0
     while position < len(modules):
         names = [_typename(m) for m in modules[position:position + 3]]
