@@ -16,8 +16,8 @@ Two independent parts, neither using the code under test
   the trainer's checkpoint table (train_sje_hybrid.lua) and
   ``model_utils.combine_all_parameters``: every parameter a view into one
   flattened storage (gradients into another), the steps' shared Linears
-  viewing the same region; old ``nn.Module:share`` left a function record
-  (``accUpdateGradParameters``) in each shared module; tensors are
+  viewing the same region; each shared module holds a function record
+  (``accUpdateGradParameters``), as the authors' files do; tensors are
   ``torch.CudaTensor`` (``CudaLongTensor`` for max-pooling indices) as on
   the authors' GPUs.  The gModule's fields are written with the nodes
   first, so the storages are first written deep inside the graph's node data.
