@@ -113,12 +113,14 @@ def test_mutations_change_the_embeddings_far_beyond_the_tolerance(encoders, kind
 
 
 @pytest.mark.parametrize("variant", [
-    {"layout": "module"}, {"element": "Float"}, {"element": "Double"}, {"field_order": "modules first"},
-    {"classes": {"nn.Tanh": "cudnn.Tanh", "nn.Sigmoid": "cudnn.Sigmoid"}}, {"average": False},
-    {"dropout": 0.5}, {"dropout": 0.25, "dropout_v2": False}])
+    {"layout": "module", "element": "Double", "field_order": "modules first",
+     "classes": {"nn.Tanh": "cudnn.Tanh", "nn.Sigmoid": "cudnn.Sigmoid"}},
+    {"element": "Float", "average": False, "dropout": 0.25, "dropout_v2": False},
+    {"dropout": 0.5}])
 def test_file_variants(tmp_path, variant):
-    """A bare gModule, float / double tensors, the modules written before the
-    nodes, cudnn's twins, FixedGRU's last state, dropout (new and old style)."""
+    """A bare gModule with double tensors, the modules written before the
+    nodes and cudnn's twins; float tensors, FixedGRU's last state and an
+    old-style dropout; a new-style dropout."""
     param_keys = ("average", "dropout", "dropout_v2")
     params = random_parameters(3, "birds", **{k: v for k, v in variant.items() if k in param_keys})
     path = encoder_file(str(tmp_path / "enc.t7"), params,
