@@ -49,6 +49,9 @@ def check_output(path):
                           "(a float32 [N, D] array).")
     if os.path.isdir(path):
         raise ConfigError(f"--out {path}: is a folder; give a file name ending in .t7 or .npy.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        raise ConfigError(f"--out {path}: its folder is not writable; give another --out.")
 
 
 def write_embeddings(path, captions, embeddings):
@@ -82,6 +85,8 @@ def split_captions(dataset_dir, split, force=False):
         raise DatasetError(f"{class_path}: {len(class_ids)} class ids for the {len(names)} file names of "
                            f"{names_path}; they must describe the same images.")
     output = os.path.join(split_dir, EMBEDDING_FILE)
+    if not os.access(split_dir, os.W_OK):
+        raise DatasetError(f"{split_dir}: not writable; {EMBEDDING_FILE} cannot be written there.")
     if os.path.exists(output) and not force:
         raise DatasetError(f"{output}: exists; give --force to replace it (its embeddings are lost), or "
                            "move it away first.")

@@ -237,3 +237,24 @@ def test_demo_draws_typed_captions_with_the_authors_encoder(tmp_path, birds, cap
                        (["--caption_path", t7, "--text-encoder", encoder],
                         "typed.t7: holds embeddings already")):
         assert part in one_line_error(demo_script.main, ["--cfg", stage_i] + argv, capsys)
+
+
+def test_unwritable_outputs_are_found_before_embedding(tmp_path, birds, capsys, monkeypatch):
+    """(The tests run as root, for whom every folder is writable: the
+    permission is simulated.)"""
+    _, encoder = birds
+    base = write_tiny_dataset(str(tmp_path), num_train=2, num_test=1, embedding_dim=TEXT_DIM)
+    good = caption_file(tmp_path / "good.txt", ["a bird"])
+    locked = {os.path.join(base, "test"), str(tmp_path / "locked")}
+    os.makedirs(tmp_path / "locked")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: path not in locked and real_access(path, mode))
+    before = {split: open(os.path.join(base, split, "char-CNN-RNN-embeddings.pickle"), "rb").read()
+              for split in ("train", "test")}
+    err = one_line_error(embed.main, ["--text-encoder", encoder, "--dataset", base, "--force"], capsys)
+    assert f"{os.path.join(base, 'test')}: not writable" in err
+    for split in ("train", "test"):
+        assert open(os.path.join(base, split, "char-CNN-RNN-embeddings.pickle"), "rb").read() == before[split]
+    out = str(tmp_path / "locked" / "out.npy")
+    err = one_line_error(embed.main, ["--text-encoder", encoder, "--captions", good, "--out", out], capsys)
+    assert f"--out {out}: its folder is not writable" in err
