@@ -68,7 +68,7 @@ def main(argv=None):
         captions = read_caption_file(args.captions)
     model, _ = load_encoder(args.text_encoder)
     print(model.describe())
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if args.dataset is not None:
         count = embed_dataset(model, args.dataset, force=args.force, lowercase=args.lowercase)
     else:
@@ -76,8 +76,9 @@ def main(argv=None):
         write_embeddings(args.out, captions, embeddings)
         print(f"Wrote {args.out}: {len(captions)} captions, embeddings {list(embeddings.shape)}")
         count = len(captions)
-    seconds = time.perf_counter() - start
-    print(f"Embedded {count} captions in {seconds:.1f} s: {count / max(seconds, 1e-9):.0f} captions/s")
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    print(f"Embedded {count} captions in {seconds:.1f} s ({cpu_seconds:.1f} s of CPU time): "
+          f"{count / max(seconds, 1e-9):.0f} captions/s")
     return count
 
 
