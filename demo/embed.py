@@ -19,7 +19,8 @@ replaced only with ``--force``.
 
 ``--lowercase`` lower-cases A-Z first: a deviation from get_embedding.lua,
 whose alphabet has no capitals (they become all-zero columns), for captions
-typed with a capital at the start.  The last line reports the speed.
+typed with a capital at the start (raw_txt keeps the lines as written).  The
+last line reports the speed.
 """
 
 import argparse
