@@ -157,6 +157,8 @@ def read_t7(path):
         features = torch7.as_list(table["fea_txt"])
         if not features or any(not isinstance(f, np.ndarray) or f.ndim not in (1, 2) for f in features):
             raise torch7.Torch7Error("fea_txt must hold 1 x D tensors")
+        if len({f.shape[-1] for f in features}) != 1 or features[0].shape[-1] == 0:
+            raise torch7.Torch7Error("fea_txt's tensors must all have one size D > 0")
         embeddings = np.concatenate([f.reshape(-1, f.shape[-1]) for f in features], axis=0)
     except torch7.Torch7Error as exc:
         raise InputError(f"{path}: cannot read it as a caption file written by demo/get_embedding.lua "

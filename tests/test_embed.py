@@ -16,6 +16,7 @@ from golden_support import TEXT_DIM, unpack_checkpoint
 from lua_encoder_fixture import encoder_file, random_parameters, reference_embeddings
 from misc import experiment, safe_pickle, torch7
 from misc.datasets import TextDataset
+from misc.sampling import InputError
 from test_char_cnn_rnn import CAPTIONS, TOLERANCE
 from test_demo import load_npz, write_config
 from test_torch7 import HOSTILE_FILES, T7Object, embedding_file, write_t7
@@ -258,3 +259,13 @@ def test_unwritable_outputs_are_found_before_embedding(tmp_path, birds, capsys, 
     out = str(tmp_path / "locked" / "out.npy")
     err = one_line_error(embed.main, ["--text-encoder", encoder, "--captions", good, "--out", out], capsys)
     assert f"--out {out}: its folder is not writable" in err
+
+
+def test_demo_refuses_get_embedding_files_with_ragged_rows(tmp_path):
+    """fea_txt rows of different or zero sizes (a damaged file) are one-line
+    errors, not numpy's."""
+    for name, rows in (("ragged", [np.ones((1, 4), np.float32), np.ones((1, 5), np.float32)]),
+                       ("empty", [np.zeros((1, 0), np.float32)])):
+        path = write_t7(str(tmp_path / f"{name}.t7"), {"raw_txt": ["a"] * len(rows), "fea_txt": rows})
+        with pytest.raises(InputError, match=f"{name}.t7: .*fea_txt's tensors must all have one size D > 0"):
+            demo_script.read_t7(path)
