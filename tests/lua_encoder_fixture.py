@@ -115,7 +115,12 @@ class GraphNode(T7Object):
 
     def graph(self):  # graph.Node:graph: the edges of a breadth-first walk
         g = Graph()
-        self.bfs(lambda node: [g.add(Edge(node, child)) for child in node.children])
+
+        def add_edges(node):
+            for child in node.children:
+                g.add(Edge(node, child))
+
+        self.bfs(add_edges)
         return g
 
 
