@@ -11,9 +11,9 @@ What is read:
   * tensors and storages of the CPU types ``torch.{Double,Float,Half,Byte,
     Char,Short,Int,Long}Tensor`` and the CUDA types ``torch.Cuda*Tensor``
     (``torch.CudaTensor`` is float), which the authors' files hold because
-    their networks ran on GPUs.  A storage is a numpy array; a tensor is a
-    read-only numpy view of its storage (no copy, as in torch: tensors that
-    share a storage share memory);
+    their networks ran on GPUs.  A storage is a read-only numpy array over
+    the file's bytes; a tensor is a read-only view of its storage (no copy,
+    as in torch: tensors that share a storage share memory);
   * Lua functions (``TYPE_FUNCTION`` and the recursive function records,
     e.g. the ``accUpdateGradParameters`` that old ``nn.Module:share`` left in
     shared modules), returned as ``LuaFunction`` with the bytecode and the
@@ -361,7 +361,7 @@ class _Reader:
             size = self.long()
             if size < 0 or size * dtype.itemsize > self.left:
                 self.fail(f"{typename} of {size} elements in the {self.left} bytes left")
-            array = np.frombuffer(self.take(size * dtype.itemsize), dtype=dtype).copy()
+            array = np.frombuffer(self.take(size * dtype.itemsize), dtype=dtype)  # no copy: read-only
             self.objects[index] = array
             self.storages.add(id(array))
             return array, True
