@@ -22,7 +22,10 @@ Captions, one of:
                               typed captions, embedded with the bundled encoder
 
 The bundled encoder is not the char-CNN-RNN encoder the published models were
-trained with: with those models use .t7 files from get_embedding.lua.
+trained with: with those models give ``--text-encoder ENC.t7``, the authors'
+char-CNN-RNN encoder file, which then embeds the typed captions and .txt lines
+byte by byte as get_embedding.lua does (``--lowercase`` lower-cases A-Z
+first; see demo/embed.py), or use .t7 files from get_embedding.lua.
 
 For every caption TEST.NUM_COPY (at most 16) samples are drawn and saved as
 the reference's sheet ``<out>/sentence<i>.jpg``; ``<out>`` is the caption
@@ -93,7 +96,12 @@ def parse_args(argv=None):
     parser.add_argument("--caption_file", "--caption-file", dest="caption_file", default=None,
                         help="captions (one per line) of a .npy/.pickle embedding file")
     parser.add_argument("--caption", dest="captions", action="append", default=None,
-                        help="a caption to draw (repeat for more); embedded with the bundled encoder")
+                        help="a caption to draw (repeat for more); embedded with the bundled encoder "
+                             "or --text-encoder")
+    parser.add_argument("--text-encoder", "--text_encoder", dest="text_encoder", default=None,
+                        help="the authors' char-CNN-RNN encoder (.t7) for typed captions and .txt files")
+    parser.add_argument("--lowercase", action="store_true",
+                        help="with --text-encoder: lower-case A-Z first (get_embedding.lua does not)")
     parser.add_argument("--out", default=None, help="output folder (default: caption path "
                         f"without extension, '{TYPED_OUTPUT}' for typed captions)")
     parser.add_argument("--noise", default=None, help="npz with z, eps, hr_eps to use")
@@ -149,6 +157,8 @@ def read_t7(path):
         features = torch7.as_list(table["fea_txt"])
         if not features or any(not isinstance(f, np.ndarray) or f.ndim not in (1, 2) for f in features):
             raise torch7.Torch7Error("fea_txt must hold 1 x D tensors")
+        if len({f.shape[-1] for f in features}) != 1 or features[0].shape[-1] == 0:
+            raise torch7.Torch7Error("fea_txt's tensors must all have one size D > 0")
         embeddings = np.concatenate([f.reshape(-1, f.shape[-1]) for f in features], axis=0)
     except torch7.Torch7Error as exc:
         raise InputError(f"{path}: cannot read it as a caption file written by demo/get_embedding.lua "
@@ -177,8 +187,13 @@ def read_embedding_array(path):
 
 def load_inputs(args, config, info, is_reference):
     """(captions, embeddings (N, D) float32, default output folder)."""
+    from misc.caption_embeddings import read_caption_file
+    from misc.char_cnn_rnn import embed_captions, load_encoder
     from misc.text_encoder import encode_captions
 
+    texts = None  # the captions as embedded, when read as bytes
+    if args.lowercase and not args.text_encoder:
+        raise InputError("--lowercase applies to --text-encoder; give both or neither.")
     if args.captions:
         if args.caption_path:
             raise InputError("give either --caption or --caption_path, not both.")
@@ -205,11 +220,21 @@ def load_inputs(args, config, info, is_reference):
             if len(captions) != len(embeddings):
                 raise InputError(f"{caption_file}: {len(captions)} captions for the {len(embeddings)} "
                                  f"embeddings of {path}; give one caption per line, in order.")
+        elif args.text_encoder:  # byte by byte, every line, as get_embedding.lua
+            texts = read_caption_file(path)
+            captions, embeddings = [t.decode("utf-8", errors="replace") for t in texts], None
         else:
             captions, embeddings = read_lines(path, "caption file"), None
     if not captions:
         raise InputError(f"{source}: no captions in it.")
-    if embeddings is None:
+    if args.text_encoder and embeddings is not None:
+        raise InputError(f"{source}: holds embeddings already; --text-encoder embeds typed captions "
+                         "(--caption) and .txt caption files.")
+    if embeddings is None and args.text_encoder:
+        model, _ = load_encoder(args.text_encoder)
+        print(model.describe())
+        embeddings = embed_captions(model, texts or captions, lowercase=args.lowercase)
+    elif embeddings is None:
         if is_reference:
             print("note: captions are embedded with the bundled encoder (misc/text_encoder.py), not the "
                   "char-CNN-RNN encoder the published models were trained with; use a .t7 file from "

@@ -61,6 +61,13 @@ class DatasetError(Exception):
     """Bad or missing dataset input; the message names the path and the fix."""
 
 
+def caption_file(dataset_dir, filename, class_id):
+    """The caption file of an image: ``text_c10/<filename>.txt``."""
+    if "jpg/" in filename:  # flowers: captions are grouped by class folder
+        filename = filename.replace("jpg/", f"class_{int(class_id):05d}/")
+    return os.path.join(dataset_dir, "text_c10", filename + ".txt")
+
+
 def image_filename(hr_lr_ratio):
     return f"{LOAD_SIZES[hr_lr_ratio]}images.pickle"
 
@@ -101,10 +108,7 @@ class Split:
         return 1 if self.embeddings.ndim == 2 else int(self.embeddings.shape[1])
 
     def caption_path(self, index):
-        name = self.filenames[index]
-        if "jpg/" in name:  # flowers: captions are grouped by class folder
-            name = name.replace("jpg/", f"class_{int(self.class_ids[index]):05d}/")
-        return os.path.join(self.dataset_dir, "text_c10", name + ".txt")
+        return caption_file(self.dataset_dir, self.filenames[index], self.class_ids[index])
 
     def captions(self, index):
         """The captions of image ``index`` (non-empty lines of its text file)."""

@@ -220,7 +220,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, native_stage_i, stage_i
     a_file = write_lines(str(tmp_path / "a_file"), ["not a folder"])
     before = sorted(os.listdir(tmp_path))
     cases = [
-        (["--caption_path", str(deep_t7)], ["deep.t7", "nested deeper than 200 levels"]),
+        (["--caption_path", str(deep_t7)], ["deep.t7", "nested deeper than 10000 levels"]),
         (["--caption", "a bird", "--out", a_file], [a_file, "not a folder"]),
         (["--caption", "a bird", "--save-arrays", str(tmp_path)], [str(tmp_path), "is a folder"]),
         (["--caption", "a bird", "--gpu", "-2"], ["--gpu -2", "GPU id"]),
