@@ -166,7 +166,8 @@ MAX_ITEMSIZE = 2**31 - 1
 MAX_DIMENSIONS = 32
 
 
-_REPR = reprlib.Repr(maxlevel=2, maxtuple=4, maxlist=4, maxdict=4, maxset=4, maxstring=40, maxother=40)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
 
 
 def _short(value):
