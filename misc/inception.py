@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from misc.datasets import DatasetError
+from misc.pictures import PictureError, decoded_picture
 from misc.tf1_checkpoint import CheckpointError
 
 INPUT_SIZE = 299
@@ -62,7 +62,7 @@ class InceptionError(CheckpointError):
     """An evaluation-model file that cannot be used; names the file and the fix."""
 
 
-class ImageFolderError(DatasetError):
+class ImageFolderError(PictureError):
     """A folder of pictures that cannot be scored; names the path and the fix."""
 
 
@@ -518,19 +518,23 @@ def list_images(folder):
 
 
 READABLE_MODES = ("RGB", "L", "P", "1", "RGBA")
+# How to get past a picture of a folder that cannot be scored.
+FOLDER_FIX = "Remove it from the folder or rename it (names containing 'jpg' or 'png' are read)."
+
+
+def _check_mode(path, image):
+    if image.mode not in READABLE_MODES:
+        raise ImageFolderError(f"{path}: a {image.mode} picture; the authors' script reads only 8-bit RGB, "
+                               "grayscale or palette pictures. Convert it to 8-bit RGB.")
 
 
 def check_image(path):
-    """Refuse, from its header, a file ``read_image`` cannot read."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageFolderError(f"{path}: not a readable picture ({exc}). Remove it from the folder "
-                               "or rename it (names containing 'jpg' or 'png' are read).") from None
-    if mode not in READABLE_MODES:
-        raise ImageFolderError(f"{path}: a {mode} picture; the authors' script reads only 8-bit RGB, "
-                               "grayscale or palette pictures. Convert it to 8-bit RGB.")
+    """Refuse a file ``read_image`` cannot read: its header (mode, Pillow's
+    decompression-bomb limit) and then its data, decoded and dropped, so a
+    truncated file is found before any work."""
+    with decoded_picture(path, FOLDER_FIX) as image:
+        _check_mode(path, image)
+        image.load()
 
 
 def read_image(path):
@@ -538,17 +542,13 @@ def read_image(path):
     or 2-D for grayscale; palette pictures converted to RGB.  An alpha
     channel is dropped (the authors' script fails on it); other modes are
     refused."""
-    check_image(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif im.mode == "1":
-                im = im.convert("L")
-            if im.mode == "RGBA":
-                im = im.convert("RGB")
-            return np.array(im)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageFolderError(f"{path}: not a readable picture ({exc}). Remove it from the "
-                               "folder or rename it (names containing 'jpg' or 'png' are read).") from None
+    with decoded_picture(path, FOLDER_FIX) as image:
+        _check_mode(path, image)
+        image.load()
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        elif image.mode == "1":
+            image = image.convert("L")
+        if image.mode == "RGBA":
+            image = image.convert("RGB")
+        return np.array(image)
