@@ -26,16 +26,15 @@ the file).
 import codecs
 import io
 import math
-import os
 import pickle
 import reprlib
-import stat
 import struct
 
 import numpy as np
 from numpy._core import multiarray, numeric  # numpy 1.26 has these names too
 
 from misc.atomic import atomic_open
+from misc.input_files import InputFileError, open_regular
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -257,8 +256,11 @@ def load(path):
     path that is not a regular file, is re-raised as
     ``pickle.UnpicklingError`` naming the file.
     """
-    with open(path, "rb", opener=_regular_file_opener) as f:
-        data = f.read()
+    try:
+        with open_regular(path) as f:
+            data = f.read()
+    except InputFileError as exc:
+        raise pickle.UnpicklingError(str(exc)) from None
     try:
         return _RestrictedUnpickler(io.BytesIO(data), len(data)).load()
     except _Refused as exc:
@@ -273,17 +275,6 @@ def load(path):
             f"{path}: cannot read this file as a pickle ({type(exc).__name__}: {detail}). "
             "The file is damaged or is not a dataset pickle; regenerate it."
         ) from None
-
-
-def _regular_file_opener(path, flags):
-    """Open without blocking (a FIFO would wait for a writer) and refuse
-    anything but a regular file (a device could be read for ever)."""
-    fd = os.open(path, flags | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise pickle.UnpicklingError(f"{path}: not a regular file; a dataset pickle is a file.")
-    os.set_blocking(fd, True)
-    return fd
 
 
 class _Python2Pickler(pickle._Pickler):
