@@ -184,9 +184,13 @@ def _stream(kind, target, path, mode, encoding):
         raise WriteError(f"{path}: could not write to it ({describe_os_error(exc)}).") from exc
 
 
-def _temporary_pattern(target):
-    name = os.path.basename(target)[:_NAME_KEPT]
-    return os.path.join(glob.escape(os.path.dirname(target)), f"{TEMP_PREFIX}{_RANDOM}-{glob.escape(name)}")
+def _temporary_patterns(target):
+    """Glob patterns of the temporaries of ``target``: ours, and those of
+    earlier versions, which wrote ".tmp-<random><target's extension>"."""
+    folder = glob.escape(os.path.dirname(target))
+    name = os.path.basename(target)
+    return [os.path.join(folder, f"{TEMP_PREFIX}{_RANDOM}-{glob.escape(name[:_NAME_KEPT])}"),
+            os.path.join(folder, f"{TEMP_PREFIX}{_RANDOM}{glob.escape(os.path.splitext(name)[1])}")]
 
 
 def _locked(fd):
@@ -206,7 +210,7 @@ def remove_stale_temporaries(target):
     paths.  A temporary whose writer still runs is left alone, and so is
     everything in a folder where nothing can be removed (read-only)."""
     removed = []
-    for path in sorted(glob.glob(_temporary_pattern(target))):
+    for path in sorted({p for pattern in _temporary_patterns(target) for p in glob.glob(pattern)}):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:

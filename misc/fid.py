@@ -24,13 +24,15 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
-from misc.atomic import atomic_open
+from misc.atomic import WriteError, atomic_open, remove_stale_temporaries
 from misc.inception import InceptionError
+from misc.safe_arrays import ArrayFileError, load_npz
 
 INPUT_TENSOR = "ExpandDims:0"
 FEATURE_TENSOR = "pool_3:0"
 SINGULAR_OFFSET = 1e-6
 STATS_VERSION = 1
+MAX_KEY_BYTES = 1 << 16  # the cache's key: a short JSON text
 
 
 class FidGraph:
@@ -120,19 +122,48 @@ def images_digest(images):
     return digest.hexdigest()
 
 
-def cached_statistics(path, images, graph, batch_size, progress=None):
+def _cache_problem(path, key, dimension):
+    """(mu, sigma) from the cache at ``path`` when it holds sound statistics
+    for ``key``; otherwise None and why it is not used (None: there is no
+    cache, or it was written for other pictures or another graph)."""
+    try:
+        data = load_npz(path, max_bytes=(dimension + 1) * dimension * 8 + MAX_KEY_BYTES)
+        cached_key = json.loads(str(data["key"]))
+        mu, sigma = data["mu"], data["sigma"]
+    except FileNotFoundError:
+        return None, None
+    except (ArrayFileError, KeyError, ValueError) as exc:
+        return None, f"unreadable ({exc})"
+    if cached_key != key:
+        return None, None
+    if mu.shape != (dimension,) or sigma.shape != (dimension, dimension):
+        return None, f"it holds statistics of shapes {list(mu.shape)} and {list(sigma.shape)}, not " \
+                     f"[{dimension}] and [{dimension}, {dimension}]"
+    if mu.dtype.kind != "f" or sigma.dtype.kind != "f" or not (np.isfinite(mu).all() and
+                                                              np.isfinite(sigma).all()):
+        return None, "it holds statistics that are not finite numbers"
+    return (mu, sigma), None
+
+
+def cached_statistics(path, images, graph, batch_size, progress=None, log=print):
     """(mu, sigma, from_cache) of the real pictures, from ``path`` when it was
     written for the same pictures (content hash) and the same FID graph (file
-    hash); otherwise computed and written there atomically."""
+    hash); otherwise computed and written there atomically.  A damaged or
+    inconsistent cache is recomputed with a warning; a cache that cannot be
+    written (a read-only dataset folder) or that is not a regular file is
+    skipped with a warning; temporaries a killed write left are removed."""
     key = {"version": STATS_VERSION, "images": images_digest(images), "count": len(images),
            "size": list(images.shape[1:3]), "graph_sha256": graph.sha256}
-    if os.path.isfile(path):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if json.loads(str(data["key"])) == key:
-                    return data["mu"], data["sigma"], True
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or stale: recomputed below
+    remove_stale_temporaries(os.path.realpath(path))
+    usable = not os.path.lexists(path) or os.path.isfile(path)
+    if usable:
+        found, problem = _cache_problem(path, key, graph.dimension)
+        if found is not None:
+            return found + (True,)
+        if problem:
+            log(f"warning: FID statistics cache {path}: {problem}; recomputing them.")
+    else:
+        log(f"warning: FID statistics cache {path}: not a regular file; not read or written.")
     features = np.empty((len(images), graph.dimension), np.float32)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
@@ -140,6 +171,10 @@ def cached_statistics(path, images, graph, batch_size, progress=None):
         if progress is not None:
             progress(len(batch))
     mu, sigma = statistics(features)
-    with atomic_open(path, "wb") as f:
-        np.savez(f, mu=mu, sigma=sigma, key=np.array(json.dumps(key, sort_keys=True)))
+    if usable:
+        try:
+            with atomic_open(path, "wb") as f:
+                np.savez(f, mu=mu, sigma=sigma, key=np.array(json.dumps(key, sort_keys=True)))
+        except WriteError as exc:
+            log(f"warning: FID statistics not cached: {exc}")
     return mu, sigma, False

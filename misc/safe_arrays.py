@@ -6,7 +6,8 @@ deflated, so a few kilobytes can expand to gigabytes.  Here every header is
 read and checked first: no object arrays (they would need pickle), data no
 larger than the caller's limit and than what the file holds.  A damaged
 file (not a zip, a bad CRC, data that ends early) is an ``ArrayFileError``
-(a ``ValueError``) naming the file, never a traceback.
+(a ``ValueError``) naming the file, never a traceback; a missing one
+raises ``FileNotFoundError``.
 """
 
 import os
@@ -73,6 +74,8 @@ def load_npy(path, max_bytes):
     try:
         with open_regular(path) as f:
             return _read_array(f, path, max_bytes, os.fstat(f.fileno()).st_size)[0]
+    except FileNotFoundError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise _damaged(path, exc) from None
 
@@ -98,6 +101,8 @@ def load_npz(path, max_bytes):
                         raise ArrayFileError(f"{name}: holds more than its array; it is damaged.")
                 arrays[member.filename[:-len(NPY_SUFFIX)]] = array
                 total += array.nbytes
+    except FileNotFoundError:
+        raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise _damaged(path, exc) from None
     return arrays

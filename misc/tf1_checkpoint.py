@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 NETWORK_SCOPES = ("g_net", "d_net", "hr_g_net", "hr_d_net")
+# A variable only the 'simple' Stage-I generator has.
+SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
 
 # Reference variables that are not model state: optimizer slots and step
 # counters, and TF 0.12's batch-norm zero-debias shadows.
@@ -106,7 +108,9 @@ class ReferenceCheckpoint:
 
     def check(self, plan, network_type=None):
         """Raise a one-line ``CheckpointError`` when the plan leaves a model
-        variable unfilled or finds one with another shape."""
+        variable unfilled or finds one with another shape.  ``network_type``
+        (the checkpoint's Stage-I network) is named as the cause only when
+        the networks built are of another type."""
         if plan.mismatched:
             name, ckpt_shape, model_shape = plan.mismatched[0]
             raise CheckpointError(
@@ -116,12 +120,20 @@ class ReferenceCheckpoint:
                 f"{describe_dimensions(reference_dimensions(self.shapes))}; use a config with these "
                 "values (and the dataset's text embeddings).")
         if plan.missing:
-            hint = ("another network: GAN.NETWORK_TYPE, or a Stage-I checkpoint where Stage-II "
-                    "is needed" if network_type is None else
-                    f"another network: set GAN.NETWORK_TYPE: {network_type} in the config")
+            built = plan.missing + plan.matched
+            model_type = "simple" if SIMPLE_MARKER in built else "default"
+            if network_type not in (None, model_type) and any(n.startswith("g_net/") for n in built):
+                fix = ("Stage-II builds on the 'default' Stage-I network only"
+                       if any(n.startswith("hr_") for n in built) else
+                       f"set GAN.NETWORK_TYPE: {network_type} in the config")
+                hint = (f"the checkpoint holds a '{network_type}' Stage-I network and the config builds "
+                        f"a '{model_type}' one; {fix}")
+            else:
+                hint = ("the checkpoint lacks them: it is incomplete, or holds other networks (e.g. a "
+                        "Stage-I checkpoint where Stage-II is needed); use the checkpoint of this model")
             raise CheckpointError(
                 f"{self.path}: {len(plan.missing)} model variable(s) are not in the checkpoint, "
-                f"e.g. {', '.join(plan.missing[:3])}; it was written by {hint}.")
+                f"e.g. {', '.join(plan.missing[:3])}; {hint}.")
 
     def load(self, variables, scopes=None, network_type=None):
         """Copy checkpoint values into ``variables`` ({reference name: variable})
