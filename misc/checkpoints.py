@@ -55,6 +55,7 @@ PRETRAINED_OPTIONS = "TRAIN.PRETRAINED_MODEL (or TEST.PRETRAINED_MODEL)"
 # A file of a V2 checkpoint: <prefix>.index or <prefix>.data-00000-of-00001.
 _CHECKPOINT_PART = re.compile(r"^(.+)\.(index|data-\d{5}-of-\d{5})$")
 MAX_STATE_FILE_BYTES = 1 << 20  # a 'checkpoint' state file lists a few snapshots
+SNAPSHOT_FIX = "Use another snapshot (e.g. an earlier model-<N> of the same run)."
 
 # Lock file a training run holds in its log folder while it writes there.
 RUN_LOCK = ".lock"
@@ -371,13 +372,13 @@ class CheckpointInfo:
     shapes: dict = dataclasses.field(default_factory=dict, repr=False)  # reference only
 
 
-def verify_checkpoint_data(path):
+def verify_checkpoint_data(path, error=CheckpointError, fix=SNAPSHOT_FIX):
     """Read every tensor of a checkpoint (TensorFlow checks each one's
     checksum), so a truncated, missing or corrupted data file is found
-    before anything is built from it: a one-line ``CheckpointError`` naming
-    the file.  A tensor whose shape asks for more bytes than the data files
-    hold is refused before it is read (a damaged index could otherwise make
-    TensorFlow allocate any size)."""
+    before anything is built from it: a one-line ``error`` naming the file
+    and ending with ``fix``.  A tensor whose shape asks for more bytes than
+    the data files hold is refused before it is read (a damaged index could
+    otherwise make TensorFlow allocate any size)."""
     reader = tf.train.load_checkpoint(path)
     data = sorted(glob.glob(glob.escape(path) + ".data-*"))
     if os.path.isfile(path):  # a V1 single-file checkpoint
@@ -390,18 +391,15 @@ def verify_checkpoint_data(path):
         dtype = tf.as_dtype(dtypes[name])
         nbytes = math.prod(shape) * (dtype.size if dtype != tf.string else 0)
         if nbytes > available:
-            raise CheckpointError(
-                f"{where}: checkpoint damaged: {name} has the shape {list(shape)} ({nbytes:,} bytes), "
-                f"more than the {available:,} bytes of its data. Use another snapshot.")
+            raise error(f"{where}: checkpoint damaged: {name} has the shape {list(shape)} ({nbytes:,} "
+                        f"bytes), more than the {available:,} bytes of its data. {fix}")
         try:
             reader.get_tensor(name)
         except Exception as exc:  # IndexError (truncated), OpError (missing, checksum), ...
             state = "missing" if not (data or os.path.isfile(path)) else "truncated or corrupted"
             detail = " ".join(str(exc).split())[:160]
-            raise CheckpointError(
-                f"{where}: checkpoint data {state}, reading {name} failed ({type(exc).__name__}: "
-                f"{detail}). Use another snapshot (e.g. an earlier model-<N> of the same run)."
-            ) from None
+            raise error(f"{where}: checkpoint data {state}, reading {name} failed ({type(exc).__name__}: "
+                        f"{detail}). {fix}") from None
 
 
 def describe_checkpoint(path, option=PRETRAINED_OPTIONS):

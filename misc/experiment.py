@@ -11,7 +11,6 @@ stopped by Ctrl-C (SIGINT) / SIGTERM after saving a snapshot to resume from
 signal); 1 an unexpected error (a bug: its traceback is printed).
 """
 
-import argparse
 import datetime
 import itertools
 import os
@@ -42,6 +41,7 @@ from misc.callbacks import (
     TrainingDiverged,
 )
 from misc.checkpoints import RUN_LOCK, Snapshotter, remove_snapshot_leftovers
+from misc.cli import EXIT_ERROR, ArgumentParser
 from misc.cluster import (
     LOST_WORKER_ERRORS,
     ClusterError,
@@ -57,11 +57,14 @@ from misc.tf1_checkpoint import CheckpointError
 
 # Errors that end a command with a one-line message and EXIT_ERROR.
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingDiverged, WriteError, ClusterError)
-EXIT_ERROR = 2
+# Where the commands write what is not a training run (the demo's sheets of
+# typed captions, the evaluator's results) unless told otherwise: a folder of
+# the current directory (gitignored in the repository).
+OUTPUT_ROOT = "outputs"
 
 
 def parse_args(description, argv=None):
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--cfg", dest="cfg_file", default=None, type=str,
                         help="YAML config file merged into the defaults")
     parser.add_argument("--gpu", dest="gpu", default=None, type=str,

@@ -26,12 +26,14 @@ import tensorflow as tf
 
 from misc.atomic import WriteError, atomic_open, remove_stale_temporaries
 from misc.inception import InceptionError
+from misc.input_files import InputFileError, open_regular
 from misc.safe_arrays import ArrayFileError, load_npz
 
 INPUT_TENSOR = "ExpandDims:0"
 FEATURE_TENSOR = "pool_3:0"
 SINGULAR_OFFSET = 1e-6
 STATS_VERSION = 1
+MAX_GRAPH_BYTES = 1 << 28  # --fid-weights: the 2015 graph has 95 MB
 MAX_KEY_BYTES = 1 << 16  # the cache's key: a short JSON text
 
 
@@ -40,12 +42,17 @@ class FidGraph:
 
     def __init__(self, path):
         self.path = path
-        if not os.path.isfile(path):
-            raise InceptionError(f"{path}: FID Inception graph not found (--fid-weights). It is "
+        try:
+            with open_regular(path) as f:
+                data = f.read(MAX_GRAPH_BYTES + 1)
+        except (OSError, InputFileError) as exc:
+            why = "not found" if isinstance(exc, FileNotFoundError) else f"cannot read it ({exc})"
+            raise InceptionError(f"{path}: FID Inception graph {why} (--fid-weights). It is "
                                  "classify_image_graph_def.pb of inception-2015-12-05.tgz (README, "
-                                 "'Evaluating a model').")
-        with open(path, "rb") as f:
-            data = f.read()
+                                 "'Evaluating a model').") from None
+        if len(data) > MAX_GRAPH_BYTES:
+            raise InceptionError(f"{path}: larger than {MAX_GRAPH_BYTES:,} bytes, so not the FID Inception "
+                                 "graph (--fid-weights; classify_image_graph_def.pb has 95 MB).")
         self.sha256 = hashlib.sha256(data).hexdigest()
         graph_def = tf.compat.v1.GraphDef()
         try:

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from misc.checkpoints import verify_checkpoint_data
 from misc.pictures import PictureError, decoded_picture
 from misc.tf1_checkpoint import CheckpointError
 
@@ -358,6 +359,8 @@ class InceptionCheckpoint:
             raise InceptionError(f"{path}: {key} has shape {list(shape)}; the authors' Inception-v3 "
                                  "has [2048, classes + 1].")
         self.num_classes = int(shape[1])  # with the background class
+        verify_checkpoint_data(path, InceptionError, "Download the authors' model.ckpt-5000 again "
+                                                     "(--inception).")
 
     def load(self, model):
         """Fill ``model`` (an ``AuthorsInceptionV3``) from the moving averages

@@ -80,8 +80,9 @@ def load_npy(path, max_bytes):
         raise _damaged(path, exc) from None
 
 
-def load_npz(path, max_bytes):
-    """{name: array} of an ``.npz`` file, all data together at most
+def load_npz(path, max_bytes, names=None):
+    """{name: array} of an ``.npz`` file (only the arrays ``names`` when
+    given; the others are not read), all data together at most
     ``max_bytes``."""
     arrays, total = {}, 0
     try:
@@ -94,6 +95,8 @@ def load_npz(path, max_bytes):
                 if not member.filename.endswith(NPY_SUFFIX):
                     raise ArrayFileError(f"{path}: member {member.filename!r:.60} is not an array "
                                          f"({NPY_SUFFIX}); not an .npz of arrays.")
+                if names is not None and member.filename[:-len(NPY_SUFFIX)] not in names:
+                    continue
                 name = f"{path} ({member.filename})"
                 with archive.open(member) as f:
                     array, read = _read_array(f, name, max_bytes - total, member.file_size)

@@ -83,7 +83,8 @@ def expected_score(model, prefix, scorer, count, batch_size, splits, seed):
     return inception_score(probabilities[chosen], splits)[:2]
 
 
-def test_a_stage_ii_model_with_fid(model, inception, scorer, capsys):
+def test_a_stage_ii_model_with_fid(model, inception, scorer, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output goes to outputs/ of the current folder
     result = main(["--cfg", model.cfg, "--checkpoint", model.prefix, "--inception", inception,
                    "--fid-weights", model.graph, "--batch-size", "4", "--splits", "2", "--seed", "3"])
     assert result["pictures"] == 8 and result["scored"] == 8 and result["resolution"] == 256
@@ -92,7 +93,7 @@ def test_a_stage_ii_model_with_fid(model, inception, scorer, capsys):
     assert result["inception_score"]["mean"] == pytest.approx(mean, abs=1e-6)
     assert result["inception_score"]["std"] == pytest.approx(std, abs=1e-6)
     assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid_real_images"] == 4
-    with open(model.prefix + "_evaluation.json") as f:
+    with open(os.path.join("outputs", "evaluation", "run_model-7_evaluation.json")) as f:
         assert json.load(f) == json.loads(json.dumps(result))
     cache = os.path.join(model.root, "data", "tiny", "test", "fid_statistics_256.npz")
     assert os.path.isfile(cache)
@@ -122,7 +123,8 @@ def test_samples_take_the_captions_in_turn():
                               emb[2, 1, 0], emb[0, 0, 0], emb[1, 0, 0]]
 
 
-def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path):
+def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     folder = shutil.copytree(inception_support.IMAGES_DIR, str(tmp_path / "samples"))
     meta, golden = inception_support.meta(), inception_support.golden()
     flags = meta["flags"]
@@ -136,7 +138,7 @@ def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path)
     assert result["inception_score"]["mean"] == pytest.approx(mean, abs=1e-4)
     assert result["inception_score"]["std"] == pytest.approx(std, abs=1e-4)
     assert result["pictures"] == 10 and result["scored"] == 8
-    assert os.path.isfile(folder + "_evaluation.json")
+    assert os.listdir(os.path.join("outputs", "evaluation")) == ["samples_evaluation.json"]
 
 
 def run_error(argv, capsys):
