@@ -27,6 +27,7 @@ from PIL import Image
 
 from misc import safe_pickle
 from misc.atomic import WriteError, check_writable
+from misc.config import ConfigError
 from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE, DatasetError, file_names
 from misc.pictures import decoded_picture
 
@@ -237,11 +238,12 @@ def convert_dataset(data_dir, image_path_for_key, bbox_for_key=None,
 
 def run_cli(main, argv=None):
     """Call ``main(argv)``; bad input (a ``DatasetError``: missing or
-    unreadable files) or a failed write becomes one stderr line and status
-    2, Ctrl-C status 130 (what was written is complete)."""
+    unreadable files; a ``ConfigError``: an argument) or a failed write
+    becomes one stderr line and status 2, Ctrl-C status 130 (what was
+    written is complete)."""
     try:
         main(argv)
-    except (DatasetError, WriteError) as exc:
+    except (DatasetError, ConfigError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
