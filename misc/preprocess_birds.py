@@ -11,12 +11,12 @@ cropped around its bounding box, resized to 304 and 76 px, and written to
 ``<data-dir>/<split>/304images.pickle`` and ``76images.pickle``.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from misc.cli import ArgumentParser
 from misc.preprocessing import MissingDataError, convert_dataset, require_path, run_cli
 
 CUB_HINT = ("download CUB_200_2011.tgz (Caltech-UCSD Birds-200-2011) and extract it "
@@ -61,7 +61,7 @@ def read_bounding_boxes(cub_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data/birds",
                         help="folder holding CUB_200_2011/, train/ and test/ (default: data/birds)")
     args = parser.parse_args(argv)
