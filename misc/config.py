@@ -16,6 +16,7 @@ import yaml
 from easydict import EasyDict as edict
 
 from misc.datasets import EMBEDDING_FILES
+from misc.input_files import short_repr
 
 # The Stage-I network variants (GAN.NETWORK_TYPE); Stage-II exists only for
 # the first.
@@ -121,7 +122,7 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
             if not isinstance(value, dict):
                 raise ConfigError(
                     f"{source}: config key '{path}' is a section and needs nested keys, "
-                    f"got {_type_name(value)} ({value!r})."
+                    f"got {_type_name(value)} ({short_repr(value)})."
                 )
             merge_config(value, old, source, path + ".")
             continue
@@ -137,7 +138,7 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
                 hint = " YAML reads unquoted on/off/yes/no as booleans; quote the word ('on')."
             raise ConfigError(
                 f"{source}: config key '{path}' expects {_type_name(old)}, "
-                f"got {_type_name(value)} ({value!r}).{hint}"
+                f"got {_type_name(value)} ({short_repr(value)}).{hint}"
             )
         base[key] = value
     return base
@@ -164,7 +165,7 @@ def read_yaml(filename):
         raise ConfigError(f"{filename}: not valid YAML ({detail}).") from None
     if tree is not None and not isinstance(tree, dict):
         raise ConfigError(f"{filename}: expected a mapping of config keys (lines such as "
-                          f"'TRAIN: ...', 'GAN: ...'), got a {_type_name(tree)} ({tree!r:.60}).")
+                          f"'TRAIN: ...', 'GAN: ...'), got a {_type_name(tree)} ({short_repr(tree)}).")
     return tree
 
 
@@ -236,7 +237,7 @@ def validate_config(config, stage=None, source=None):
     where = f"{source}: " if source else ""
 
     def fail(key, value, requirement):
-        raise ConfigError(f"{where}{key} is {value!r}; {requirement}.")
+        raise ConfigError(f"{where}{key} is {short_repr(value)}; {requirement}.")
 
     for key, value in _leaves(config):
         if isinstance(value, float) and not math.isfinite(value):

@@ -1,13 +1,24 @@
-"""Opening the files a user names as inputs.
+"""Opening the files a user names as inputs, and quoting what they hold.
 
 Only regular files are read: a FIFO would make ``open`` wait for a writer
 for ever and a device such as ``/dev/zero`` would be read for ever, so both
 are refused with one line before anything is read (``InputFileError``, a
-``ValueError`` that names the file).
+``ValueError`` that names the file).  A value read from a file is quoted in
+a message by ``short_repr``, which stays short whatever the value (a YAML
+file of nested aliases expands to gigabytes when printed whole).
 """
 
 import os
+import reprlib
 import stat
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
+
+
+def short_repr(value):
+    """A repr of at most about a hundred characters."""
+    return _REPR.repr(value)
 
 
 class InputFileError(ValueError):

@@ -27,14 +27,13 @@ import codecs
 import io
 import math
 import pickle
-import reprlib
 import struct
 
 import numpy as np
 from numpy._core import multiarray, numeric  # numpy 1.26 has these names too
 
 from misc.atomic import atomic_open
-from misc.input_files import InputFileError, open_regular
+from misc.input_files import InputFileError, open_regular, short_repr
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -58,7 +57,7 @@ def _encoding(name):
     except (LookupError, TypeError):
         canonical = None
     if canonical not in _BYTE_ENCODINGS:
-        raise _Refused(f"it encodes a byte string as {name!r}")
+        raise _Refused(f"it encodes a byte string as {short_repr(name)}")
     return name
 
 
@@ -73,7 +72,7 @@ def _byte_string(kind):
             return kind(args[0], _encoding(args[1]))
         if len(args) == 1 and isinstance(args[0], (bytes, bytearray, list, tuple)):
             return kind(args[0])
-        raise _Refused(f"it calls {kind.__name__}{_short(args)}")
+        raise _Refused(f"it calls {kind.__name__}{short_repr(args)}")
 
     return make
 
@@ -87,7 +86,7 @@ def _from_container(kind):
             return kind()
         if len(args) == 1 and isinstance(args[0], _CONTAINERS):
             return kind(args[0])
-        raise _Refused(f"it calls {kind.__name__}{_short(args)}")
+        raise _Refused(f"it calls {kind.__name__}{short_repr(args)}")
 
     return make
 
@@ -95,7 +94,7 @@ def _from_container(kind):
 def _scalar_of(kind, accepted):
     def make(*args):
         if len(args) > 2 or not all(isinstance(a, accepted) for a in args):
-            raise _Refused(f"it calls {kind.__name__}{_short(args)}")
+            raise _Refused(f"it calls {kind.__name__}{short_repr(args)}")
         return kind(*args)
 
     return make
@@ -112,7 +111,7 @@ class _NdarrayType:
     it (calling the class itself would allocate any shape)."""
 
     def __call__(self, *args):
-        raise _Refused(f"it calls numpy.ndarray{_short(args)} (an array of any size)")
+        raise _Refused(f"it calls numpy.ndarray{short_repr(args)} (an array of any size)")
 
     def __repr__(self):
         return "numpy.ndarray"
@@ -125,7 +124,7 @@ def _reconstruct(subtype, shape, dtype):
     """numpy's ``_reconstruct`` as arrays are pickled: an empty array whose
     state (shape, dtype, data) comes next."""
     if subtype is not _NDARRAY or tuple(shape) != (0,) or dtype not in (b"b", "b"):
-        raise _Refused(f"it calls numpy _reconstruct{_short((subtype, shape, dtype))}")
+        raise _Refused(f"it calls numpy _reconstruct{short_repr((subtype, shape, dtype))}")
     return np.ndarray.__new__(np.ndarray, (0,), "b")
 
 
@@ -165,15 +164,6 @@ MAX_ITEMSIZE = 2**31 - 1
 MAX_DIMENSIONS = 32
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
-
-
-def _short(value):
-    """A bounded repr (the value may be anything the file holds)."""
-    return _REPR.repr(value)
-
-
 def _check_dtype_state(dtype, state):
     """The states numpy writes for a plain (not structured) dtype."""
     ok = (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
@@ -187,7 +177,7 @@ def _check_dtype_state(dtype, state):
         else:
             ok = elsize in (-1, dtype.itemsize)
     if not ok:
-        raise _Refused(f"it gives a dtype a state numpy never writes ({_short(state)})")
+        raise _Refused(f"it gives a dtype a state numpy never writes ({short_repr(state)})")
 
 
 def _check_array_state(state):
@@ -196,11 +186,11 @@ def _check_array_state(state):
     if isinstance(state, tuple) and len(state) == 5:
         state = state[1:]
     if not (isinstance(state, tuple) and len(state) == 4):
-        raise _Refused(f"it gives an array a state numpy never writes ({_short(state)})")
+        raise _Refused(f"it gives an array a state numpy never writes ({short_repr(state)})")
     shape, dtype, _, data = state
     if not (isinstance(shape, tuple) and len(shape) <= MAX_DIMENSIONS
             and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(dtype, np.dtype)):
-        raise _Refused(f"it gives an array the shape {_short(shape)} and dtype {_short(dtype)}")
+        raise _Refused(f"it gives an array the shape {short_repr(shape)} and dtype {short_repr(dtype)}")
     count = math.prod(shape)
     if dtype.hasobject:
         ok = isinstance(data, list) and len(data) == count
