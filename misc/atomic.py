@@ -109,6 +109,9 @@ def output_target(path, option=None):
         mode = os.stat(target).st_mode
     except FileNotFoundError:
         return "replace", target
+    except NotADirectoryError:
+        check_folder_writable(os.path.dirname(target), name)  # names the file on the way
+        raise
     except OSError as exc:
         raise WriteError(f"{name}: cannot use it ({describe_os_error(exc)}).") from None
     if stat.S_ISREG(mode):
