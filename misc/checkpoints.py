@@ -273,8 +273,8 @@ def resolve(path, option=PRETRAINED_OPTIONS):
             reader = tf.train.load_checkpoint(path)
         except Exception:
             raise CheckpointError(
-                f"{path}: not a TensorFlow checkpoint. Point {option} at a model-<N> prefix written "
-                "by this project, a folder of them, or a reference .ckpt file.") from None
+                f"{path}: not a TensorFlow checkpoint, or a damaged one. Point {option} at a model-<N> "
+                "prefix written by this project, a folder of them, or a reference .ckpt file.") from None
         if reader.has_tensor(OBJECT_GRAPH_KEY):
             return "native", path
         if is_reference_checkpoint(path):

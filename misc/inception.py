@@ -341,8 +341,9 @@ class InceptionCheckpoint:
                     f"{path}.index). Give --inception the model.ckpt-5000 of the authors' "
                     "evaluation model (see README, 'Evaluating a model').") from None
             raise InceptionError(
-                f"{path}: not a TensorFlow checkpoint ({type(exc).__name__}). Give --inception "
-                "the authors' model.ckpt-5000 (V1 file, or V2 prefix without .index).") from None
+                f"{path}: not a TensorFlow checkpoint, or a damaged one ({type(exc).__name__}). Give "
+                "--inception the authors' model.ckpt-5000 (V1 file, or V2 prefix without .index; "
+                "download it again if it is damaged).") from None
         self.shapes = {k: tuple(v) for k, v in self.reader.get_variable_to_shape_map().items()}
         key = LOGITS_WEIGHTS + AVERAGE_SUFFIX
         if key not in self.shapes:

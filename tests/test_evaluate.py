@@ -11,7 +11,9 @@ import types
 import numpy as np
 import pytest
 
+import hostile_files
 import inception_support
+from misc import evaluate as evaluate_module
 from misc import experiment
 from misc.checkpoints import training_checkpoint
 from misc.config import load_config
@@ -151,7 +153,8 @@ def run_error(argv, capsys):
     return err
 
 
-def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, capsys):
+def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     before = set(glob.glob(str(model.root / "**"), recursive=True))
     base = ["--cfg", model.cfg, "--checkpoint", model.prefix]
     missing = str(tmp_path / "model.ckpt-5000")
@@ -178,4 +181,95 @@ def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, 
     assert "--cfg" in run_error(["--images", str(folder), "--inception", inception,
                                  "--fid-weights", model.graph], capsys)
     assert set(glob.glob(str(model.root / "**"), recursive=True)) == before
-    assert not glob.glob(str(tmp_path / "*_evaluation.json"))
+    assert not os.path.exists("outputs")
+
+
+def test_hostile_arguments_and_inputs_are_refused_before_the_work(model, inception, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Issue 24: every argument and input is checked before the first picture
+    is drawn or scored (scoring here would fail the test), each with one line
+    naming the option as typed, nothing written."""
+    monkeypatch.chdir(tmp_path)
+
+    def no_scoring(*_args, **_kwargs):
+        raise AssertionError("the scoring started")
+
+    monkeypatch.setattr(evaluate_module, "InceptionScorer", no_scoring)
+    before = set(glob.glob(str(model.root / "**"), recursive=True))
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    for name in os.listdir(os.path.dirname(model.prefix)):
+        shutil.copy(os.path.join(os.path.dirname(model.prefix), name), checkpoint)
+    os.remove(checkpoint / "model-7.data-00000-of-00001")
+    inception_data = open(inception, "rb").read()
+    (tmp_path / "truncated.ckpt").write_bytes(hostile_files.truncated(inception_data, 0.9))
+    (tmp_path / "flipped.ckpt").write_bytes(hostile_files.bit_flipped(inception_data, 0.6))
+    os.mkfifo(tmp_path / "graph.fifo")
+    run_folder = tmp_path / "run"  # its state file names a snapshot that was deleted
+    run_folder.mkdir()
+    (run_folder / "checkpoint").write_text('model_checkpoint_path: "model-9"\n')
+    base = ["--cfg", model.cfg, "--inception", inception, "--batch-size", "4", "--splits", "2"]
+    sample = base + ["--checkpoint", model.prefix]
+    cases = [
+        (sample + ["--seed", "-1"], ["--seed -1: must be from 0 to 4,294,967,295"]),
+        (sample + ["--seed", "4294967296"], ["--seed 4294967296"]),
+        (sample + ["--seed", "one"], ["argument --seed: invalid int value: 'one'"]),
+        (sample + ["--num-samples", "10000000000"], ["--num-samples 10000000000: must be from 1 to 100,000"]),
+        (sample + ["--num-samples", "-5"], ["--num-samples -5"]),
+        (sample + ["--batch-size", "1000000"], ["--batch-size 1000000"]),
+        (sample + ["--splits", "0"], ["--splits 0"]),
+        (sample + ["--json", str(tmp_path)], ["--json", "is a folder"]),
+        (sample + ["--json", str(tmp_path / "a_file" / "x.json")], ["a_file is not a folder"]),
+        (sample + ["--json", str(tmp_path / "loop.json")], ["a loop of symbolic links"]),
+        (base + ["--checkpoint", model.prefix + ".index"],
+         ["one of the files of the checkpoint", f"give --checkpoint the checkpoint's prefix {model.prefix}"]),
+        (base + ["--checkpoint", str(tmp_path / "nothing")], ["checkpoint not found", "Check --checkpoint"]),
+        (base + ["--checkpoint", str(checkpoint / "model-7")], ["model-7.data-*", "missing"]),
+        (base + ["--checkpoint", str(run_folder)],
+         ["names model-9 as the newest snapshot", "model-9.index is missing"]),
+        (sample[:2] + sample[4:] + ["--inception", str(tmp_path / "truncated.ckpt")],
+         ["truncated.ckpt", "a damaged one"]),
+        (sample[:2] + sample[4:] + ["--inception", str(tmp_path / "flipped.ckpt")],
+         ["flipped.ckpt", "Download the authors' model.ckpt-5000 again"]),
+        (sample + ["--fid-weights", str(tmp_path / "graph.fifo")], ["graph.fifo", "is a FIFO"]),
+        (sample + ["--fid-weights", str(tmp_path)], ["--fid-weights", "is a folder"]),
+    ]
+    for argv, parts in cases:
+        err = run_error(argv, capsys)
+        for part in parts:
+            assert part in err, (argv, err)
+    folder = tmp_path / "pictures"
+    shutil.copytree(inception_support.IMAGES_DIR, folder)
+    (folder / "huge.png").write_bytes(hostile_files.png_claiming(20000, 20000))
+    images = ["--images", str(folder), "--inception", inception, "--batch-size", "2", "--splits", "2"]
+    err = run_error(images, capsys)
+    assert "huge.png: 400,000,000 pixels, above Pillow's decompression-bomb limit" in err, err
+    os.remove(folder / "huge.png")
+    whole = (folder / os.listdir(folder)[0]).read_bytes()
+    (folder / "cut.png").write_bytes(hostile_files.truncated(whole, 0.6))
+    err = run_error(images, capsys)
+    assert "cut.png: not a readable picture" in err, err
+    assert set(glob.glob(str(model.root / "**"), recursive=True)) == before
+    assert not os.path.exists("outputs")
+
+
+def test_the_result_reaches_a_link_or_dev_stdout_without_replacing_them(inception, tmp_path, capfd,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = shutil.copytree(inception_support.IMAGES_DIR, str(tmp_path / "samples"))
+    flags = ["--images", folder, "--inception", inception, "--batch-size", "2", "--splits", "2"]
+    os.mkdir("results")
+    os.symlink(os.path.join("results", "real.json"), "link.json")
+    first = main(flags + ["--json", "link.json"])
+    assert os.path.islink("link.json")
+    with open(os.path.join("results", "real.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(first))
+    capfd.readouterr()
+    main(flags + ["--json", "/dev/stdout"])
+    out = capfd.readouterr().out
+    written = out[out.index("{\n"):out.index("}\nWritten to /dev/stdout") + 1]
+    assert json.loads(written)["pictures"] == 10
+    assert os.path.islink("/dev/stdout")
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "results", "samples"]
