@@ -1,0 +1,118 @@
+"""data/generate_shapes.py's command line as a careless or hostile user runs
+it (issue 24): counts, seed and --out are checked before anything is
+written, with one line and exit code 2; a folder holding anything but a
+shapes dataset is refused unless --force (and then only the dataset's own
+files are replaced); a generation killed mid-write is completed by the next
+run, which removes the temporaries it left."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from data.generate_shapes import MARKER, required_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "data", "generate_shapes.py")
+TINY = ["--num-train", "2", "--num-test", "1"]
+
+
+def run(*argv):
+    return subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(result):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+def test_bad_arguments_and_targets_are_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    os.mkfifo(tmp_path / "a_fifo")
+    out = str(tmp_path / "new")
+    cases = [
+        (["--out", out, "--num-train", "0"], "--num-train 0: must be from 1 to 20,000"),
+        (["--out", out, "--num-train", "-5"], "--num-train -5"),
+        (["--out", out, "--num-test", "20001"], "--num-test 20001"),
+        (["--out", out, "--num-train", "two"], "argument --num-train: invalid int value: 'two'"),
+        (["--out", out, "--seed", "-1"], "--seed -1"),
+        (["--out", str(tmp_path / "a_file")], "exists and is not a folder"),
+        (["--out", str(tmp_path / "a_fifo")], "exists and is not a folder"),
+        (["--out", str(tmp_path / "a_file" / "shapes")], "a_file is not a folder"),
+    ]
+    for argv, message in cases:
+        assert message in one_line_error(run(*argv)), argv
+    assert sorted(os.listdir(tmp_path)) == ["a_fifo", "a_file"]
+
+
+def test_another_dataset_is_refused_unless_forced_and_then_kept_beside(tmp_path):
+    birds = tmp_path / "birds"
+    (birds / "train").mkdir(parents=True)
+    (birds / "train" / "304images.pickle").write_bytes(b"the birds' pictures")
+    (birds / "CUB_200_2011").mkdir()
+    err = one_line_error(run("--out", str(birds), *TINY))
+    assert "holds files that are not part of a shapes dataset (CUB_200_2011)" in err and "--force" in err
+    assert sorted(os.listdir(birds)) == ["CUB_200_2011", "train"]
+    assert (birds / "train" / "304images.pickle").read_bytes() == b"the birds' pictures"
+    nested = tmp_path / "nested"  # a layout like ours, without the marker: not ours either
+    (nested / "train").mkdir(parents=True)
+    (nested / "train" / "filenames.pickle").write_bytes(b"names")
+    assert "holds files that are not part of a shapes dataset (train)" in one_line_error(
+        run("--out", str(nested), *TINY))
+
+    forced = run("--out", str(birds), *TINY, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert all(os.path.isfile(p) for p in required_files(str(birds)))
+    assert (birds / "CUB_200_2011").is_dir()
+    again = run("--out", str(birds), *TINY, "--seed", "1")  # now ours (marked), but CUB_200_2011 is not
+    assert "(CUB_200_2011)" in one_line_error(again)
+    fresh = tmp_path / "fresh"
+    assert run("--out", str(fresh), *TINY).returncode == 0
+    assert (fresh / MARKER).is_file()
+    assert run("--out", str(fresh), *TINY, "--seed", "1", "--no-hr").returncode == 0  # its own: regenerated
+
+
+KILLED_WRITING_CLASS_IDS = """
+import sys, time
+import data.generate_shapes as generator
+from misc.atomic import atomic_open
+from misc.preprocessing import run_cli
+
+dump = generator.safe_pickle.dump
+
+def dump_or_hang(obj, path):
+    if path.endswith("class_info.pickle"):
+        with atomic_open(path) as f:
+            f.write(b"half a pickle")
+            f.flush()
+            open(sys.argv[1], "w").close()
+            time.sleep(600)
+    dump(obj, path)
+
+generator.safe_pickle.dump = dump_or_hang
+sys.exit(run_cli(generator.main, sys.argv[2:]))
+"""
+
+
+def test_a_killed_generation_is_completed_by_the_next_run(tmp_path):
+    out, ready = tmp_path / "shapes", tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITING_CLASS_IDS, str(ready), "--out", str(out),
+                              *TINY], env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    leftovers = [n for n in os.listdir(out / "train") if n.startswith(".tmp-")]
+    assert len(leftovers) == 1 and not (out / "train" / "filenames.pickle").exists()
+    again = run("--out", str(out), *TINY)
+    assert again.returncode == 0, again.stderr
+    assert "Removed 1 temporary file(s)" in again.stdout
+    assert all(os.path.isfile(p) for p in required_files(str(out)))
+    assert not [n for _, _, names in os.walk(out) for n in names if n.startswith(".tmp-")]
