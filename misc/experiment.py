@@ -13,6 +13,7 @@ signal); 1 an unexpected error (a bug: its traceback is printed).
 
 import datetime
 import itertools
+import logging
 import os
 import pprint
 import shutil
@@ -367,6 +368,13 @@ def first_caption_embeddings(split, ids):
     return (emb[:, 0] if emb.ndim == 3 else emb).astype(np.float32)
 
 
+def _quiet_teardown():
+    """After a one-line error the process ends; what TensorFlow logs while
+    its objects are deleted (e.g. every value of a checkpoint that did not
+    fit the model, 169 lines for Stage-I) must not follow that line."""
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def run_main(main, argv=None):
     """Run ``main`` and turn expected failures into one-line errors
     (EXIT_ERROR); see the module docstring for the exit codes."""
@@ -374,10 +382,12 @@ def run_main(main, argv=None):
         main(argv)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _quiet_teardown()
         raise SystemExit(EXIT_ERROR) from None
     except OSError as exc:
         what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
         print(f"error: {what}", file=sys.stderr)
+        _quiet_teardown()
         raise SystemExit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         print("\ninterrupted (Ctrl-C).", file=sys.stderr)
