@@ -111,29 +111,30 @@ class ReferenceCheckpoint:
         variable unfilled or finds one with another shape.  ``network_type``
         (the checkpoint's Stage-I network) is named as the cause only when
         the networks built are of another type."""
+        if not (plan.mismatched or plan.missing):
+            return
+        built = plan.matched + plan.missing + [name for name, _, _ in plan.mismatched]
+        model_type = "simple" if SIMPLE_MARKER in built else "default"
+        other_type = network_type not in (None, model_type) and any(n.startswith("g_net/") for n in built)
+        if other_type:
+            cause = (f"the checkpoint holds a '{network_type}' Stage-I network and the config builds a "
+                     f"'{model_type}' one; set GAN.NETWORK_TYPE: {network_type} in the config")
         if plan.mismatched:
             name, ckpt_shape, model_shape = plan.mismatched[0]
+            if not other_type:
+                cause = (f"the checkpoint was trained with "
+                         f"{describe_dimensions(reference_dimensions(self.shapes))}; use a config with these "
+                         "values (and the dataset's text embeddings)")
             raise CheckpointError(
                 f"{self.path}: {len(plan.mismatched)} variable(s) have another shape than in the "
                 f"models built from the config, e.g. {name}: checkpoint {list(ckpt_shape)}, model "
-                f"{list(model_shape)}. The checkpoint was trained with "
-                f"{describe_dimensions(reference_dimensions(self.shapes))}; use a config with these "
-                "values (and the dataset's text embeddings).")
-        if plan.missing:
-            built = plan.missing + plan.matched
-            model_type = "simple" if SIMPLE_MARKER in built else "default"
-            if network_type not in (None, model_type) and any(n.startswith("g_net/") for n in built):
-                fix = ("Stage-II builds on the 'default' Stage-I network only"
-                       if any(n.startswith("hr_") for n in built) else
-                       f"set GAN.NETWORK_TYPE: {network_type} in the config")
-                hint = (f"the checkpoint holds a '{network_type}' Stage-I network and the config builds "
-                        f"a '{model_type}' one; {fix}")
-            else:
-                hint = ("the checkpoint lacks them: it is incomplete, or holds other networks (e.g. a "
-                        "Stage-I checkpoint where Stage-II is needed); use the checkpoint of this model")
-            raise CheckpointError(
-                f"{self.path}: {len(plan.missing)} model variable(s) are not in the checkpoint, "
-                f"e.g. {', '.join(plan.missing[:3])}; {hint}.")
+                f"{list(model_shape)}; {cause}.")
+        if not other_type:
+            cause = ("the checkpoint lacks them: it is incomplete, or holds other networks (e.g. a "
+                     "Stage-I checkpoint where Stage-II is needed); use the checkpoint of this model")
+        raise CheckpointError(
+            f"{self.path}: {len(plan.missing)} model variable(s) are not in the checkpoint, "
+            f"e.g. {', '.join(plan.missing[:3])}; {cause}.")
 
     def load(self, variables, scopes=None, network_type=None):
         """Copy checkpoint values into ``variables`` ({reference name: variable})
