@@ -29,7 +29,7 @@ from misc import safe_pickle
 from misc.atomic import WriteError, check_writable
 from misc.config import ConfigError
 from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE, DatasetError, file_names
-from misc.pictures import decoded_picture
+from misc.pictures import decoded_picture, open_picture
 
 SPLITS = ("train", "test")
 PROGRESS_EVERY = 100
@@ -173,7 +173,9 @@ def output_paths(split_dir, load_size=HR_LOAD_SIZE, lr_size=LR_LOAD_SIZE):
 
 def plan_split(split_dir, image_path_for_key, bbox_for_key=None):
     """[(image path, crop box or None)] of a split, every listed photograph
-    (and its box) checked to exist, and the outputs checked writable: all
+    checked to exist and to be a picture within Pillow's decompression-bomb
+    limit (its header; a photograph whose data is damaged is found when it is
+    converted), its box to exist, and the outputs checked writable: all
     before any photograph is converted."""
     filenames_path = os.path.join(split_dir, "filenames.pickle")
     plan = []
@@ -184,6 +186,7 @@ def plan_split(split_dir, image_path_for_key, bbox_for_key=None):
                 f"{path} not found: it is listed in {filenames_path}; "
                 "the image folder is incomplete, re-extract the dataset images"
             )
+        open_picture(path, PHOTO_FIX).close()  # its header: a picture, within the bomb limit
         plan.append((path, bbox_for_key(key) if bbox_for_key is not None else None))
     for path in output_paths(split_dir):
         check_writable(path)
