@@ -188,7 +188,7 @@ def _state_file_snapshots(directory, option):
     if not os.path.lexists(path):
         return None
     try:
-        with open_regular(path, "r") as f:
+        with open_regular(path, "r", encoding="utf-8") as f:
             text = f.read(MAX_STATE_FILE_BYTES + 1)
         if len(text) > MAX_STATE_FILE_BYTES:
             raise ValueError(f"larger than {MAX_STATE_FILE_BYTES:,} bytes")
@@ -252,6 +252,15 @@ def latest_in_directory(path, option=PRETRAINED_OPTIONS):
                           ".ckpt file.")
 
 
+def check_checkpoint_files(path, option, error=CheckpointError):
+    """The files TensorFlow reads for the checkpoint ``path`` (a V1 file, or
+    a V2 prefix's index and data) must be regular files: it would wait for
+    ever on a FIFO."""
+    for file in [path, path + ".index"] + sorted(glob.glob(glob.escape(path) + ".data-*")):
+        if os.path.lexists(file) and not os.path.isfile(file):
+            raise error(f"{file}: not a regular file; {option} must name a checkpoint.")
+
+
 def resolve(path, option=PRETRAINED_OPTIONS):
     """Classify ``path``: ('native', prefix) or ('reference', path).
     ``option`` names where the path came from, for the messages (e.g.
@@ -266,9 +275,7 @@ def resolve(path, option=PRETRAINED_OPTIONS):
             f"{path}: one of the files of the checkpoint {part.group(1)}; give {option} the "
             f"checkpoint's prefix {part.group(1)} (without .{part.group(2)}).")
     if os.path.lexists(path + ".index") or os.path.lexists(path):
-        for file in [path, path + ".index"] + sorted(glob.glob(glob.escape(path) + ".data-*")):
-            if os.path.lexists(file) and not os.path.isfile(file):
-                raise CheckpointError(f"{file}: not a regular file; {option} must name a checkpoint.")
+        check_checkpoint_files(path, option)
         try:
             reader = tf.train.load_checkpoint(path)
         except Exception:

@@ -10,13 +10,14 @@ one; ``cfg_from_file`` (the reference's name) merges a file into a given tree.
 """
 
 import math
+import os
 
 import numpy as np
 import yaml
 from easydict import EasyDict as edict
 
 from misc.datasets import EMBEDDING_FILES
-from misc.input_files import short_repr
+from misc.input_files import InputFileError, open_regular, short_repr
 
 # The Stage-I network variants (GAN.NETWORK_TYPE); Stage-II exists only for
 # the first.
@@ -24,6 +25,7 @@ NETWORK_TYPES = ("default", "simple")
 # SEED seeds NumPy's legacy generator (via keras.utils.set_random_seed), which
 # takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes
 
 
 def default_config():
@@ -147,14 +149,20 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
 def read_yaml(filename):
     """Parse a YAML config file into a mapping (None for an empty file);
     errors name the file."""
+    if os.path.isdir(filename):
+        raise ConfigError(f"{filename}: is a directory; --cfg takes a YAML file such as "
+                          "stageI/cfg/birds.yml.")
     try:
-        with open(filename, encoding="utf-8") as f:
-            tree = yaml.safe_load(f)
+        with open_regular(filename, "r", encoding="utf-8") as f:  # a FIFO would block, a device not end
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{filename}: larger than {MAX_CONFIG_BYTES:,} bytes, so not a config file; "
+                              "--cfg takes a YAML file such as stageI/cfg/birds.yml.")
+        tree = yaml.safe_load(text)
+    except InputFileError as exc:
+        raise ConfigError(f"{exc} --cfg takes a YAML file such as stageI/cfg/birds.yml.") from None
     except FileNotFoundError:
         raise ConfigError(f"{filename}: config file not found. Check the --cfg path.") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{filename}: is a directory; --cfg takes a YAML file such as "
-                          "stageI/cfg/birds.yml.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{filename}: not a text file; --cfg takes a YAML file such as "
                           "stageI/cfg/birds.yml.") from None

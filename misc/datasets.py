@@ -38,6 +38,7 @@ import re
 import numpy as np
 
 from misc import safe_pickle
+from misc.input_files import InputFileError, open_regular
 
 EMBEDDING_FILES = {
     "cnn-rnn": "char-CNN-RNN-embeddings.pickle",
@@ -114,8 +115,11 @@ class Split:
                 raise DatasetError(
                     f"{path}: caption file missing. Put the dataset's text_c10/ folder "
                     f"in {self.dataset_dir}/ (captions are needed for samples and previews).")
-            with open(path, encoding="utf-8", errors="replace") as f:
-                self._caption_cache[index] = [c for c in f.read().split("\n") if c]
+            try:
+                with open_regular(path, "r", encoding="utf-8", errors="replace") as f:
+                    self._caption_cache[index] = [c for c in f.read().split("\n") if c]
+            except InputFileError as exc:  # a FIFO would block the read
+                raise DatasetError(str(exc)) from None
         return self._caption_cache[index]
 
     def check_caption_files(self):

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from misc.checkpoints import verify_checkpoint_data
+from misc.checkpoints import check_checkpoint_files, verify_checkpoint_data
 from misc.pictures import PictureError, decoded_picture
 from misc.tf1_checkpoint import CheckpointError
 
@@ -332,6 +332,8 @@ class InceptionCheckpoint:
 
     def __init__(self, path):
         self.path = path
+        if not os.path.isdir(path):
+            check_checkpoint_files(path, "--inception", InceptionError)
         try:
             self.reader = tf.train.load_checkpoint(path)
         except Exception as exc:  # NotFound, DataLoss, ...

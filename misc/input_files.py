@@ -41,10 +41,10 @@ def _opener(path, flags):
     return fd
 
 
-def open_regular(path, mode="rb"):
+def open_regular(path, mode="rb", encoding=None, errors=None):
     """``open(path, mode)`` for reading, refusing anything but a regular
     file (``InputFileError``); a missing file raises ``FileNotFoundError``."""
-    return open(path, mode, opener=_opener)
+    return open(path, mode, encoding=encoding, errors=errors, opener=_opener)
 
 
 def check_input_file(path, name):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fault_points import CHILD_ENV, kill, start_until_ready
 from misc import safe_pickle
 from misc.atomic import WriteError, atomic_folder, atomic_open, check_writable, write_text
 from misc.image_utils import save_image
@@ -53,10 +54,6 @@ def test_writers_round_trip_and_create_folders(tmp_path):
 
 
 # -- outputs that are not plain files (issue 24) -------------------------------------
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD_ENV = {**os.environ, "PYTHONPATH": ROOT}
-
 
 def test_a_symlink_is_written_through_and_kept(tmp_path):
     target = tmp_path / "real" / "result.json"
@@ -154,13 +151,7 @@ with atomic_open(sys.argv[1], "w") as f:
 
 
 def start_hanging_writer(path, ready):
-    child = subprocess.Popen([sys.executable, "-c", HANG_WHILE_WRITING, str(path), str(ready)],
-                             env=CHILD_ENV)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert child.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    return child
+    return start_until_ready([sys.executable, "-c", HANG_WHILE_WRITING, str(path), str(ready)], ready)
 
 
 def temporaries(folder):
@@ -176,8 +167,7 @@ def test_a_killed_writer_leaves_a_temporary_that_the_next_write_of_the_name_remo
         write_text("another writer", str(path))
         assert len(temporaries(tmp_path)) == 1 and path.read_text() == "another writer"
     finally:
-        live.kill()
-        live.wait()
+        kill(live)
     (leftover,) = temporaries(tmp_path)
     assert leftover.endswith("-result.json") and (tmp_path / leftover).read_text() == "half of a new vers"
     assert path.read_text() == "another writer"

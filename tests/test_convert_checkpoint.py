@@ -12,15 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
+from fault_points import kill, one_line_error, start_until_ready
 from golden_support import tiny_config, unpack_checkpoint
-from misc import convert_checkpoint, experiment
+from misc import convert_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRITTEN = ["checkpoint", convert_checkpoint.INFO_FILE, convert_checkpoint.WEIGHTS_FILE,
            "model-100.data-00000-of-00001", "model-100.index"]
 
@@ -35,16 +34,6 @@ def source(tmp_path_factory):
     cfg.write_text(yaml.safe_dump({"Z_DIM": c.Z_DIM, "GAN": {"EMBEDDING_DIM": c.GAN.EMBEDDING_DIM,
                                                             "GF_DIM": c.GAN.GF_DIM, "DF_DIM": c.GAN.DF_DIM}}))
     return prefix, str(cfg)
-
-
-def one_line_error(argv, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        experiment.run_main(convert_checkpoint.main, argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
 
 
 def test_in_equal_out_and_unusable_out_dirs_are_refused_up_front(source, tmp_path, capsys, monkeypatch):
@@ -69,9 +58,9 @@ def test_in_equal_out_and_unusable_out_dirs_are_refused_up_front(source, tmp_pat
         (os.path.join("a_file", "out"), "a_file is not a folder"),
     ]
     for out, message in cases:
-        err = one_line_error([prefix, out, "--cfg", cfg], capsys)
+        err = one_line_error(convert_checkpoint.main, [prefix, out, "--cfg", cfg], capsys)
         assert f"OUT_DIR {out}: " in err and message in err, (out, err)
-    err = one_line_error([prefix + ".index", "fresh", "--cfg", cfg], capsys)
+    err = one_line_error(convert_checkpoint.main, [prefix + ".index", "fresh", "--cfg", cfg], capsys)
     assert "one of the files of the checkpoint" in err and "give the CHECKPOINT argument the" in err
     assert sorted(os.listdir(folder)) == before
     assert sorted(os.listdir(tmp_path)) == ["a_file", "full", "link_to_the_input_folder"]
@@ -95,27 +84,18 @@ experiment.run_main(convert_checkpoint.main, sys.argv[2:])
 
 
 def start_conversion(ready, argv):
-    return subprocess.Popen([sys.executable, "-c", HANG_IN_THE_WEIGHTS, str(ready), *argv],
-                            env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return start_until_ready([sys.executable, "-c", HANG_IN_THE_WEIGHTS, str(ready), *argv], ready,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def test_the_output_appears_complete_or_not_at_all(source, tmp_path):
     prefix, cfg = source
     killed, interrupted = tmp_path / "killed", tmp_path / "interrupted"
     children = {out: start_conversion(tmp_path / f"{out.name}.ready", [prefix, str(out), "--cfg", cfg])
-                for out in (killed, interrupted)}  # side by side, on the two cores
-    deadline = time.monotonic() + 300
-    for out, child in children.items():
-        while not (tmp_path / f"{out.name}.ready").exists():
-            assert child.poll() is None, child.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    children[killed].kill()
+                for out in (killed, interrupted)}
+    kill(children[killed])
     children[interrupted].send_signal(signal.SIGINT)
-    for child in children.values():
-        child.wait(timeout=120)
-    assert children[killed].returncode == -signal.SIGKILL
+    children[interrupted].wait(timeout=120)
     assert children[interrupted].returncode == 130, children[interrupted].stderr.read()
     names = sorted(os.listdir(tmp_path))
     # nothing at either OUT_DIR; the killed run's temporary folder holds its partial files

@@ -19,8 +19,9 @@ import yaml
 from PIL import Image
 
 from demo import demo as demo_script
+from fault_points import one_line_error
 from golden_support import TEXT_DIM, assert_close, load_arrays, tiny_config, unpack_checkpoint
-from misc import experiment, safe_pickle
+from misc import safe_pickle
 from misc.checkpoints import training_checkpoint
 from misc.sampling import draw_noise
 from misc.text_encoder import encode_captions
@@ -65,13 +66,7 @@ def load_npz(path):
 
 def demo_error(argv, capsys):
     """Run the demo as its __main__ does; return the one-line error."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        experiment.run_main(demo_script.main, argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+    return one_line_error(demo_script.main, argv, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 
 import hostile_files
 import inception_support
+from fault_points import one_line_error
 from misc import evaluate as evaluate_module
-from misc import experiment
 from misc.checkpoints import training_checkpoint
 from misc.config import load_config
 from misc.datasets import load_dataset
@@ -144,13 +144,7 @@ def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path,
 
 
 def run_error(argv, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        experiment.run_main(main, argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+    return one_line_error(main, argv, capsys)
 
 
 def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, capsys, monkeypatch):

@@ -5,15 +5,14 @@ the evaluation: issue 24)."""
 import errno
 import os
 import stat
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import scipy.linalg
 import tensorflow as tf
 
+from fault_points import kill, start_until_ready
 from misc import atomic, fid
 from misc.fid import FidGraph, cached_statistics, frechet_distance, statistics
 from misc.inception import InceptionError
@@ -276,6 +275,7 @@ def test_a_read_only_dataset_folder_still_gives_the_statistics(cache_case, monke
 KILLED_IN_CACHE_WRITE = """
 import sys, time
 import numpy as np
+from fault_points import kill, start_until_ready
 from misc import atomic, fid
 
 def write_half_then_hang(f, **arrays):
@@ -296,17 +296,8 @@ def test_a_kill_while_the_cache_is_written_leaves_nothing_the_next_run_keeps(tmp
     np.save(tmp_path / "images.npy", images)
     cache = tmp_path / "test" / "fid_statistics_24.npz"
     ready = tmp_path / "ready"
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    child = subprocess.Popen([sys.executable, "-c", KILLED_IN_CACHE_WRITE, graph_path,
-                              str(tmp_path / "images.npy"), str(ready), str(cache)], env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert child.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        child.kill()
-        child.wait()
+    kill(start_until_ready([sys.executable, "-c", KILLED_IN_CACHE_WRITE, graph_path,
+                            str(tmp_path / "images.npy"), str(ready), str(cache)], ready))
     (leftover,) = os.listdir(cache.parent)
     assert leftover.startswith(".tmp-") and leftover.endswith("-fid_statistics_24.npz")
     graph = CountingGraph(FidGraph(graph_path))

@@ -6,14 +6,12 @@ files are replaced); a generation killed mid-write is completed by the next
 run, which removes the temporaries it left."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 from data.generate_shapes import MARKER, required_files
+from fault_points import ROOT, kill, start_until_ready
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "data", "generate_shapes.py")
 TINY = ["--num-train", "2", "--num-test", "1"]
 
@@ -98,17 +96,8 @@ sys.exit(run_cli(generator.main, sys.argv[2:]))
 
 def test_a_killed_generation_is_completed_by_the_next_run(tmp_path):
     out, ready = tmp_path / "shapes", tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITING_CLASS_IDS, str(ready), "--out", str(out),
-                              *TINY], env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert child.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    kill(start_until_ready([sys.executable, "-c", KILLED_WRITING_CLASS_IDS, str(ready), "--out", str(out),
+                            *TINY], ready, stdout=subprocess.DEVNULL))
     leftovers = [n for n in os.listdir(out / "train") if n.startswith(".tmp-")]
     assert len(leftovers) == 1 and not (out / "train" / "filenames.pickle").exists()
     again = run("--out", str(out), *TINY)
