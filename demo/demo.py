@@ -62,8 +62,8 @@ import misc.startup  # before TensorFlow: its start-up lines follow that level
 import numpy as np
 
 from misc import experiment, safe_pickle, torch7
-from misc.atomic import atomic_open, check_folder_writable, check_writable
-from misc.checkpoints import describe_checkpoint
+from misc.atomic import atomic_open, check_folder_writable, check_not_input, check_writable
+from misc.checkpoints import checkpoint_files, describe_checkpoint
 from misc.cli import ArgumentParser, check_range
 from misc.config import MAX_SEED, ConfigError, load_config
 from misc.image_utils import save_image
@@ -132,9 +132,10 @@ def select_gpu(gpu_id):
         pass
 
 
-def check_outputs(out_dir, out_option, captions, save_arrays):
+def check_outputs(out_dir, out_option, captions, save_arrays, inputs):
     """The output folder, every sheet in it and --save-arrays must be
-    writable: checked before anything is computed or written."""
+    writable and none of the ``inputs``: checked before anything is computed
+    or written."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f"{out_option} {out_dir}: exists and is not a folder; give --out a folder for "
                          "the sheets.")
@@ -142,8 +143,10 @@ def check_outputs(out_dir, out_option, captions, save_arrays):
     for index, caption in enumerate(captions):
         if has_letters(caption):
             check_writable(sheet_path(out_dir, index))
+            check_not_input(sheet_path(out_dir, index), inputs, f"{out_option} {out_dir}: the sheet")
     if save_arrays:
         check_writable(save_arrays, "--save-arrays")
+        check_not_input(save_arrays, inputs, "--save-arrays")
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -335,7 +338,9 @@ def main(argv=None):
     option = "--checkpoint" if args.checkpoint else f"TEST.PRETRAINED_MODEL of {args.cfg_file}"
     info = describe_checkpoint(resolve_checkpoint_path(config.TEST.PRETRAINED_MODEL), option)
     captions, embeddings, out_dir, out_option = load_inputs(args, config, info, info.kind == "reference")
-    check_outputs(out_dir, out_option, captions, args.save_arrays)
+    inputs = [args.cfg_file, config.TEST.CAPTION_PATH, args.caption_file, args.noise] + \
+        checkpoint_files(info.path)
+    check_outputs(out_dir, out_option, captions, args.save_arrays, inputs)
     num_copy = min(MAX_COPIES, int(config.TEST.NUM_COPY))
     batch_size = min(len(captions), int(config.TEST.BATCH_SIZE))
     print(f"Loaded {len(captions)} captions, embeddings {list(embeddings.shape)}")

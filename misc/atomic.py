@@ -146,6 +146,16 @@ def check_writable(path, option=None):
     check_folder_writable(os.path.dirname(target), name)
 
 
+def check_not_input(path, inputs, option):
+    """Refuse an output that is one of the command's ``inputs`` (paths;
+    compared where their links end): writing it would destroy that input."""
+    target = os.path.realpath(path)
+    for given in inputs:
+        if given and os.path.realpath(given) == target:
+            raise WriteError(f"{option} {path}: is {given}, an input of this command; writing it would "
+                             "destroy that input. Give another file.")
+
+
 def check_folder_writable(folder, name=None):
     """The nearest existing folder of ``folder`` (it and the missing ones
     below it are created when written) must be a folder the process may

@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
-from misc.atomic import check_writable, write_text
+from misc.atomic import check_not_input, check_writable, write_text
 from misc.cli import ArgumentParser
 from misc.config import ConfigError
 from misc.datasets import (
@@ -430,6 +430,7 @@ def main(argv=None, strategy=None):
     args = parse_args(argv)
     if args.json_out:
         check_writable(args.json_out, "--json")
+        check_not_input(args.json_out, [args.cfg_file, args.baseline_cfg], "--json")
     if args.baseline:
         return side_by_side(args)
     config = load_config(args)

@@ -252,12 +252,18 @@ def latest_in_directory(path, option=PRETRAINED_OPTIONS):
                           ".ckpt file.")
 
 
-def check_checkpoint_files(path, option, error=CheckpointError):
+def checkpoint_files(path):
     """The files TensorFlow reads for the checkpoint ``path`` (a V1 file, or
-    a V2 prefix's index and data) must be regular files: it would wait for
-    ever on a FIFO."""
-    for file in [path, path + ".index"] + sorted(glob.glob(glob.escape(path) + ".data-*")):
-        if os.path.lexists(file) and not os.path.isfile(file):
+    a V2 prefix's index and data), those that exist."""
+    files = [path, path + ".index"] + sorted(glob.glob(glob.escape(path) + ".data-*"))
+    return [f for f in files if os.path.lexists(f)]
+
+
+def check_checkpoint_files(path, option, error=CheckpointError):
+    """The files of the checkpoint ``path`` must be regular files:
+    TensorFlow would wait for ever on a FIFO."""
+    for file in checkpoint_files(path):
+        if not os.path.isfile(file):
             raise error(f"{file}: not a regular file; {option} must name a checkpoint.")
 
 

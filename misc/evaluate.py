@@ -50,8 +50,8 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
-from misc.atomic import check_writable, write_text
-from misc.checkpoints import check_embedding_dim, describe_checkpoint
+from misc.atomic import check_not_input, check_writable, write_text
+from misc.checkpoints import check_embedding_dim, checkpoint_files, describe_checkpoint
 from misc.cli import ArgumentParser, check_range
 from misc.config import MAX_SEED, ConfigError, load_config
 from misc.datasets import HR_LR_RATIO, LOAD_SIZES, LR_IMAGE_SIZE, dataset_dir, load_dataset
@@ -306,7 +306,12 @@ def evaluate(args):
     source, test, real_size = open_source(args, config, graph)
     check_count(source.count, args, source.describe())
     json_path = default_json_path(args, source)
-    check_writable(json_path, "--json" if args.json_out else None)
+    option = "--json" if args.json_out else "the result file"
+    check_writable(json_path, option)
+    inputs = [args.cfg_file, args.fid_weights] + checkpoint_files(args.inception)
+    if not args.images:
+        inputs += checkpoint_files(source.info.path)
+    check_not_input(json_path, inputs, option)
     scorer = InceptionScorer(inception)
     print(scorer.report.summary())
     real = real_statistics(config, test, args, graph, real_size) if graph else None

@@ -29,8 +29,8 @@ import numpy as np
 
 from data.generate_shapes import BACKGROUNDS, COLORS, SHAPES, SIZE_WORDS
 from misc import experiment
-from misc.atomic import check_writable, write_text
-from misc.checkpoints import describe_checkpoint
+from misc.atomic import check_not_input, check_writable, write_text
+from misc.checkpoints import checkpoint_files, describe_checkpoint
 from misc.cli import ArgumentParser, check_range
 from misc.config import MAX_SEED, load_config
 from misc.datasets import load_dataset
@@ -135,7 +135,9 @@ def main(argv=None):
     if args.json_out:
         check_writable(args.json_out, "--json")
     config = load_config(args.cfg_file)
-    describe_checkpoint(args.checkpoint, "--checkpoint")  # a bad one is named as the user gave it
+    info = describe_checkpoint(args.checkpoint, "--checkpoint")  # a bad one is named as the user gave it
+    if args.json_out:
+        check_not_input(args.json_out, [args.cfg_file] + checkpoint_files(info.path), "--json")
     result = evaluate(config, args.checkpoint, args.num, args.copies, args.seed)
     print(format_table(result))
     if args.json_out:

@@ -538,7 +538,7 @@ def check_image(path):
     """Refuse a file ``read_image`` cannot read: its header (mode, Pillow's
     decompression-bomb limit) and then its data, decoded and dropped, so a
     truncated file is found before any work."""
-    with decoded_picture(path, FOLDER_FIX) as image:
+    with decoded_picture(path, FOLDER_FIX, ImageFolderError) as image:
         _check_mode(path, image)
         image.load()
 
@@ -548,7 +548,7 @@ def read_image(path):
     or 2-D for grayscale; palette pictures converted to RGB.  An alpha
     channel is dropped (the authors' script fails on it); other modes are
     refused."""
-    with decoded_picture(path, FOLDER_FIX) as image:
+    with decoded_picture(path, FOLDER_FIX, ImageFolderError) as image:
         _check_mode(path, image)
         image.load()
         if image.mode == "P":

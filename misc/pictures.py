@@ -25,10 +25,11 @@ class PictureError(DatasetError):
 _PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def open_picture(path, fix=""):
+def open_picture(path, fix="", error=PictureError):
     """``Image.open(path)`` (the header only), refusing a picture above
-    Pillow's decompression-bomb limit and a file Pillow cannot read; ``fix``
-    ends the message (what the user should do)."""
+    Pillow's decompression-bomb limit and a file Pillow cannot read with a
+    one-line ``error`` (a ``PictureError``); ``fix`` ends the message (what
+    the user should do)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -36,24 +37,24 @@ def open_picture(path, fix=""):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = _PIXELS.search(str(exc))
         size = f"{int(found.group(1)):,} pixels" if found else "more pixels than that"
-        raise PictureError(
+        raise error(
             f"{path}: {size}, above Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} "
             f"pixels; refused without decoding it.{' ' + fix if fix else ''}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise PictureError(_unreadable(path, exc, fix)) from None
+        raise error(_unreadable(path, exc, fix)) from None
 
 
 @contextlib.contextmanager
-def decoded_picture(path, fix=""):
+def decoded_picture(path, fix="", error=PictureError):
     """``open_picture`` for a block that decodes the picture (``load``,
     ``convert``): a decoding failure there (a truncated or damaged file) is
-    a ``PictureError`` too."""
-    image = open_picture(path, fix)
+    an ``error`` too."""
+    image = open_picture(path, fix, error)
     try:
         with image:
             yield image
     except (OSError, SyntaxError, ValueError) as exc:
-        raise PictureError(_unreadable(path, exc, fix)) from None
+        raise error(_unreadable(path, exc, fix)) from None
 
 
 def _unreadable(path, exc, fix):

@@ -318,6 +318,8 @@ def test_hostile_inputs_and_outputs_are_refused_before_the_model_is_loaded(tmp_p
         (typed + ["--out", str(tmp_path / "sheets")], ["sentence0.jpg", "is a folder"]),
         (typed + ["--save-arrays", str(tmp_path / "a_file" / "raw.npz")], ["--save-arrays", "not a folder"]),
         (typed + ["--gpu", "two"], ["argument --gpu: invalid int value: 'two'"]),
+        (typed + ["--save-arrays", cfg], ["--save-arrays", "an input of this command"]),
+        (typed + ["--save-arrays", prefix + ".index"], ["an input of this command"]),
     ]
     for argv, parts in cases:
         err = demo_error(argv, capsys)

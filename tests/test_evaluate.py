@@ -217,6 +217,8 @@ def test_hostile_arguments_and_inputs_are_refused_before_the_work(model, incepti
         (sample + ["--json", str(tmp_path)], ["--json", "is a folder"]),
         (sample + ["--json", str(tmp_path / "a_file" / "x.json")], ["a_file is not a folder"]),
         (sample + ["--json", str(tmp_path / "loop.json")], ["a loop of symbolic links"]),
+        (sample + ["--json", model.prefix + ".index"], ["--json", "an input of this command"]),
+        (sample + ["--json", model.cfg], [f"is {model.cfg}, an input of this command"]),
         (base + ["--checkpoint", model.prefix + ".index"],
          ["one of the files of the checkpoint", f"give --checkpoint the checkpoint's prefix {model.prefix}"]),
         (base + ["--checkpoint", str(tmp_path / "nothing")], ["checkpoint not found", "Check --checkpoint"]),

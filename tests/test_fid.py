@@ -275,8 +275,7 @@ def test_a_read_only_dataset_folder_still_gives_the_statistics(cache_case, monke
 KILLED_IN_CACHE_WRITE = """
 import sys, time
 import numpy as np
-from fault_points import kill, start_until_ready
-from misc import atomic, fid
+from misc import fid
 
 def write_half_then_hang(f, **arrays):
     f.write(b"PK half a cache")
