@@ -9,24 +9,30 @@ import os
 import subprocess
 import sys
 
-from data.generate_shapes import MARKER, required_files
+from data.generate_shapes import MARKER, main, required_files
 from fault_points import ROOT, kill, start_until_ready
+from misc.preprocessing import run_cli
 
 SCRIPT = os.path.join(ROOT, "data", "generate_shapes.py")
 TINY = ["--num-train", "2", "--num-test", "1"]
 
 
 def run(*argv):
-    return subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, timeout=300)
+    """The command as its __main__ runs it, in this process (a child's
+    start-up would cost more than the command); its exit code."""
+    try:
+        return run_cli(main, list(argv))
+    except SystemExit as exc:  # an argument the parser refuses
+        return exc.code
 
 
-def one_line_error(result):
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    return result.stderr
+def one_line_error(code, capsys):
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
 
 
-def test_bad_arguments_and_targets_are_refused_before_anything_is_written(tmp_path):
+def test_bad_arguments_and_targets_are_refused_before_anything_is_written(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     os.mkfifo(tmp_path / "a_fifo")
     out = str(tmp_path / "new")
@@ -41,16 +47,22 @@ def test_bad_arguments_and_targets_are_refused_before_anything_is_written(tmp_pa
         (["--out", str(tmp_path / "a_file" / "shapes")], "a_file is not a folder"),
     ]
     for argv, message in cases:
-        assert message in one_line_error(run(*argv)), argv
+        assert message in one_line_error(run(*argv), capsys), argv
+    assert sorted(os.listdir(tmp_path)) == ["a_fifo", "a_file"]
+    # the script itself, as a user starts it
+    result = subprocess.run([sys.executable, SCRIPT, "--out", out, "--num-test", "0"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == "error: --num-test 0: must be from 1 to 20,000 " \
+                                                       "(test pictures).\n"
     assert sorted(os.listdir(tmp_path)) == ["a_fifo", "a_file"]
 
 
-def test_another_dataset_is_refused_unless_forced_and_then_kept_beside(tmp_path):
+def test_another_dataset_is_refused_unless_forced_and_then_kept_beside(tmp_path, capsys):
     birds = tmp_path / "birds"
     (birds / "train").mkdir(parents=True)
     (birds / "train" / "304images.pickle").write_bytes(b"the birds' pictures")
     (birds / "CUB_200_2011").mkdir()
-    err = one_line_error(run("--out", str(birds), *TINY))
+    err = one_line_error(run("--out", str(birds), *TINY), capsys)
     assert "holds files that are not part of a shapes dataset (CUB_200_2011)" in err and "--force" in err
     assert sorted(os.listdir(birds)) == ["CUB_200_2011", "train"]
     assert (birds / "train" / "304images.pickle").read_bytes() == b"the birds' pictures"
@@ -58,18 +70,17 @@ def test_another_dataset_is_refused_unless_forced_and_then_kept_beside(tmp_path)
     (nested / "train").mkdir(parents=True)
     (nested / "train" / "filenames.pickle").write_bytes(b"names")
     assert "holds files that are not part of a shapes dataset (train)" in one_line_error(
-        run("--out", str(nested), *TINY))
+        run("--out", str(nested), *TINY), capsys)
 
-    forced = run("--out", str(birds), *TINY, "--force")
-    assert forced.returncode == 0, forced.stderr
+    assert run("--out", str(birds), *TINY, "--force") == 0
     assert all(os.path.isfile(p) for p in required_files(str(birds)))
     assert (birds / "CUB_200_2011").is_dir()
     again = run("--out", str(birds), *TINY, "--seed", "1")  # now ours (marked), but CUB_200_2011 is not
-    assert "(CUB_200_2011)" in one_line_error(again)
+    assert "(CUB_200_2011)" in one_line_error(again, capsys)
     fresh = tmp_path / "fresh"
-    assert run("--out", str(fresh), *TINY).returncode == 0
+    assert run("--out", str(fresh), *TINY) == 0
     assert (fresh / MARKER).is_file()
-    assert run("--out", str(fresh), *TINY, "--seed", "1", "--no-hr").returncode == 0  # its own: regenerated
+    assert run("--out", str(fresh), *TINY, "--seed", "1", "--no-hr") == 0  # its own: regenerated
 
 
 KILLED_WRITING_CLASS_IDS = """
@@ -94,14 +105,13 @@ sys.exit(run_cli(generator.main, sys.argv[2:]))
 """
 
 
-def test_a_killed_generation_is_completed_by_the_next_run(tmp_path):
+def test_a_killed_generation_is_completed_by_the_next_run(tmp_path, capsys):
     out, ready = tmp_path / "shapes", tmp_path / "ready"
     kill(start_until_ready([sys.executable, "-c", KILLED_WRITING_CLASS_IDS, str(ready), "--out", str(out),
                             *TINY], ready, stdout=subprocess.DEVNULL))
     leftovers = [n for n in os.listdir(out / "train") if n.startswith(".tmp-")]
     assert len(leftovers) == 1 and not (out / "train" / "filenames.pickle").exists()
-    again = run("--out", str(out), *TINY)
-    assert again.returncode == 0, again.stderr
-    assert "Removed 1 temporary file(s)" in again.stdout
+    assert run("--out", str(out), *TINY) == 0
+    assert "Removed 1 temporary file(s)" in capsys.readouterr().out
     assert all(os.path.isfile(p) for p in required_files(str(out)))
     assert not [n for _, _, names in os.walk(out) for n in names if n.startswith(".tmp-")]
