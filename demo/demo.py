@@ -274,9 +274,14 @@ def load_noise(path, max_bytes):
     ``max_bytes``."""
     check_input(path, f"--noise {path}")
     try:
-        return load_npz(path, max_bytes, names=NOISE_NAMES)
+        noise = load_npz(path, max_bytes, names=NOISE_NAMES)
     except (ValueError, OSError) as exc:
         raise InputError(f"{path}: not a .npz file of noise arrays ({exc}).") from None
+    for name, array in noise.items():
+        if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+            raise InputError(f"{path}: '{name}' holds {array.dtype} values that are not all finite numbers; "
+                             "noise must be finite floats.")
+    return noise
 
 
 # -- output ---------------------------------------------------------------------

@@ -131,6 +131,8 @@ def check_arguments(args):
     check_range("--seed", args.seed, 0, MAX_SEED, "it seeds the noise and the shuffling")
     if args.images and (args.num_samples or args.stage):
         raise ConfigError("--num-samples and --stage apply to sampling a model, not to --images.")
+    if args.gpu is not None:
+        experiment.parse_gpu_ids(args.gpu)  # checked on a machine without GPUs too
     if args.json_out:
         check_writable(args.json_out, "--json")
 

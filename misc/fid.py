@@ -46,10 +46,12 @@ class FidGraph:
             with open_regular(path) as f:
                 data = f.read(MAX_GRAPH_BYTES + 1)
         except (OSError, InputFileError) as exc:
-            why = "not found" if isinstance(exc, FileNotFoundError) else f"cannot read it ({exc})"
-            raise InceptionError(f"{path}: FID Inception graph {why} (--fid-weights). It is "
-                                 "classify_image_graph_def.pb of inception-2015-12-05.tgz (README, "
-                                 "'Evaluating a model').") from None
+            why = ("FID Inception graph not found (--fid-weights)" if isinstance(exc, FileNotFoundError) else
+                   f"cannot read the FID Inception graph ({exc.strerror or exc}; --fid-weights)"
+                   if isinstance(exc, OSError) else str(exc).removeprefix(f"{path}: ").rstrip(".") +
+                   " (--fid-weights)")
+            raise InceptionError(f"{path}: {why}. It is classify_image_graph_def.pb of "
+                                 "inception-2015-12-05.tgz (README, 'Evaluating a model').") from None
         if len(data) > MAX_GRAPH_BYTES:
             raise InceptionError(f"{path}: larger than {MAX_GRAPH_BYTES:,} bytes, so not the FID Inception "
                                  "graph (--fid-weights; classify_image_graph_def.pb has 95 MB).")

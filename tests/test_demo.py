@@ -298,6 +298,8 @@ def test_hostile_inputs_and_outputs_are_refused_before_the_model_is_loaded(tmp_p
     write_lines(str(tmp_path / "claims.txt"), ["a", "b"])
     (tmp_path / "sized.pickle").write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x94\x35\x77\x85R.")
     write_lines(str(tmp_path / "sized.txt"), ["a"])
+    np.savez(tmp_path / "nan.npz", z=np.full((1, 10), np.nan, np.float32), eps=np.zeros((1, 16), np.float32))
+    np.savez(tmp_path / "text.npz", z=np.array([["a"] * 10]), eps=np.zeros((1, 16), np.float32))
     os.mkfifo(tmp_path / "captions.fifo")
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "sheets" / "sentence0.jpg").mkdir(parents=True)
@@ -307,6 +309,8 @@ def test_hostile_inputs_and_outputs_are_refused_before_the_model_is_loaded(tmp_p
         (typed + ["--seed", "-1"], ["--seed -1: must be from 0 to"]),
         (typed + ["--noise", str(tmp_path / "bomb.npz")], ["bomb.npz", "z.npy", "more than the"]),
         (typed + ["--noise", str(tmp_path / "captions.fifo")], ["--noise", "is a FIFO"]),
+        (typed + ["--noise", str(tmp_path / "nan.npz")], ["nan.npz", "'z' holds float32 values"]),
+        (typed + ["--noise", str(tmp_path / "text.npz")], ["text.npz", "'z' holds <U1 values"]),
         (["--cfg", cfg, "--caption_path", str(tmp_path / "claims.npy")],
          ["claims.npy", "shape [99999999, 32]", "more than the"]),
         (["--cfg", cfg, "--caption_path", str(tmp_path / "sized.pickle")],

@@ -214,6 +214,7 @@ def test_hostile_arguments_and_inputs_are_refused_before_the_work(model, incepti
         (sample + ["--num-samples", "-5"], ["--num-samples -5"]),
         (sample + ["--batch-size", "1000000"], ["--batch-size 1000000"]),
         (sample + ["--splits", "0"], ["--splits 0"]),
+        (sample + ["--gpu", "x"], ["--gpu 'x': give GPU ids"]),
         (sample + ["--json", str(tmp_path)], ["--json", "is a folder"]),
         (sample + ["--json", str(tmp_path / "a_file" / "x.json")], ["a_file is not a folder"]),
         (sample + ["--json", str(tmp_path / "loop.json")], ["a loop of symbolic links"]),
