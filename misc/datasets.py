@@ -38,7 +38,7 @@ import re
 import numpy as np
 
 from misc import safe_pickle
-from misc.input_files import InputFileError, open_regular
+from misc.input_files import InputFileError, open_regular, short_repr
 
 EMBEDDING_FILES = {
     "cnn-rnn": "char-CNN-RNN-embeddings.pickle",
@@ -382,7 +382,7 @@ def file_names(names, path):
         problem = path_problem(name)
         if problem:
             raise DatasetError(
-                f"{path}: entry {i} ({name!r:.80}) {problem}; file names must be relative paths "
+                f"{path}: entry {i} ({short_repr(name)}) {problem}; file names must be relative paths "
                 "inside the dataset (they name caption files and evaluation sheets). Fix the list.")
     return list(names)
 
@@ -397,7 +397,7 @@ def class_id_array(class_ids, path):
     for i, value in enumerate(class_ids):
         if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or
                                            (isinstance(value, float) and value.is_integer())):
-            raise DatasetError(f"{path}: entry {i} is {value!r:.40}; expected integer class ids, "
+            raise DatasetError(f"{path}: entry {i} is {short_repr(value)}; expected integer class ids, "
                                "one per image.")
     return np.asarray(class_ids, dtype=np.int64)
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from misc import safe_pickle
+from misc.datasets import DatasetError, class_id_array, file_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P2, P4, P5 = b"\x80\x02", b"\x80\x04", b"\x80\x05"
@@ -149,3 +150,17 @@ def test_only_regular_files_are_read(tmp_path):
         with pytest.raises(pickle.UnpicklingError) as info:
             safe_pickle.load(path)
         assert str(info.value).startswith(f"{path}: is a ") and "not a file" in str(info.value)
+
+
+def test_a_deeply_nested_pickle_is_named_in_one_line_by_the_dataset_checks(tmp_path):
+    """200,000 nested lists in 400 kB: quoting one in a message must not
+    recurse (the repr of it did)."""
+    depth = 200_000
+    path = tmp_path / "filenames.pickle"
+    path.write_bytes(P2 + b"]" * depth + b"a" * (depth - 1) + b".")
+    nested = safe_pickle.load(str(path))
+    for check, message in ((file_names, "entry 0 ([[[...]]]) is a list, not a string"),
+                           (class_id_array, "entry 0 is [[[...]]]; expected integer class ids")):
+        with pytest.raises(DatasetError) as info:
+            check(nested, str(path))
+        assert message in str(info.value) and "\n" not in str(info.value)
