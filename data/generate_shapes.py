@@ -344,19 +344,21 @@ _OWN_SPLIT_FILE = re.compile(rf"^(\d+images\.pickle|char-CNN-RNN-embeddings\.pic
 
 
 def foreign_entries(out_dir):
-    """What in ``out_dir`` is not part of a shapes dataset (empty when the
-    folder is new, empty or ours).  A dataset of ours has the marker, or,
-    written before the marker existed, an attributes.json in a split."""
+    """What in ``out_dir`` is not part of a shapes dataset; empty when the
+    folder is new or empty, or was written by this script (it has the
+    marker: generating again replaces only the dataset's own files, never
+    the others).  A dataset written before the marker existed (an
+    attributes.json in a split) must hold nothing else."""
     names = {n for n in _listdir(out_dir) if not n.startswith(TEMP_PREFIX)} - {LOCK}
-    if not names:
+    if not names or MARKER in names:
         return []
+    if not any(os.path.isfile(os.path.join(out_dir, split, "attributes.json")) for split in SPLITS):
+        return sorted(names)
     foreign = sorted(names - _OWN_ENTRIES)
     for split in SPLITS:
         foreign += sorted(os.path.join(split, n) for n in _listdir(os.path.join(out_dir, split))
                           if not _OWN_SPLIT_FILE.match(n))
-    ours = MARKER in names or any(os.path.isfile(os.path.join(out_dir, split, "attributes.json"))
-                                  for split in SPLITS)
-    return foreign if ours or foreign else sorted(names)
+    return foreign
 
 
 def _listdir(folder):

@@ -32,6 +32,8 @@ import stat
 import sys
 import tempfile
 
+from misc.input_files import describe_non_regular
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no advisory locks (see exclusive_lock)
@@ -118,9 +120,7 @@ def output_target(path, option=None):
         return "replace", target
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return "stream", target
-    what = ("a folder" if stat.S_ISDIR(mode) else "a block device" if stat.S_ISBLK(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-    raise WriteError(f"{name}: is {what}, not written; give a file name.")
+    raise WriteError(f"{name}: is {describe_non_regular(mode)}, not written; give a file name.")
 
 
 def check_writable(path, option=None):

@@ -2,8 +2,9 @@
 it (issue 24): counts, seed and --out are checked before anything is
 written, with one line and exit code 2; a folder holding anything but a
 shapes dataset is refused unless --force (and then only the dataset's own
-files are replaced); a generation killed mid-write is completed by the next
-run, which removes the temporaries it left."""
+files are replaced, and the folder is marked as a dataset of this script);
+a generation killed mid-write is completed by the next run, which removes
+the temporaries it left."""
 
 import os
 import subprocess
@@ -63,7 +64,8 @@ def test_another_dataset_is_refused_unless_forced_and_then_kept_beside(tmp_path,
     (birds / "train" / "304images.pickle").write_bytes(b"the birds' pictures")
     (birds / "CUB_200_2011").mkdir()
     err = one_line_error(run("--out", str(birds), *TINY), capsys)
-    assert "holds files that are not part of a shapes dataset (CUB_200_2011)" in err and "--force" in err
+    assert "holds files that are not part of a shapes dataset (CUB_200_2011, train)" in err
+    assert "--force" in err
     assert sorted(os.listdir(birds)) == ["CUB_200_2011", "train"]
     assert (birds / "train" / "304images.pickle").read_bytes() == b"the birds' pictures"
     nested = tmp_path / "nested"  # a layout like ours, without the marker: not ours either
@@ -75,8 +77,14 @@ def test_another_dataset_is_refused_unless_forced_and_then_kept_beside(tmp_path,
     assert run("--out", str(birds), *TINY, "--force") == 0
     assert all(os.path.isfile(p) for p in required_files(str(birds)))
     assert (birds / "CUB_200_2011").is_dir()
-    again = run("--out", str(birds), *TINY, "--seed", "1")  # now ours (marked), but CUB_200_2011 is not
-    assert "(CUB_200_2011)" in one_line_error(again, capsys)
+    # now marked as ours: generating again replaces the dataset's files only
+    assert run("--out", str(birds), *TINY, "--seed", "1") == 0 and (birds / "CUB_200_2011").is_dir()
+    legacy = tmp_path / "legacy"  # ours from before the marker, with a stray file
+    assert run("--out", str(legacy), *TINY) == 0
+    os.remove(legacy / MARKER)
+    (legacy / "test" / "notes.txt").write_text("mine")
+    err = one_line_error(run("--out", str(legacy), *TINY), capsys)
+    assert f"({os.path.join('test', 'notes.txt')})" in err
     fresh = tmp_path / "fresh"
     assert run("--out", str(fresh), *TINY) == 0
     assert (fresh / MARKER).is_file()
