@@ -171,6 +171,10 @@ class ModelSamples:
         self.sampler = Sampler(self.model)
         self.captions = test.captions_per_image
         self.count = num_samples or test.num_examples * self.captions
+        if self.count > MAX_SAMPLES:
+            raise ConfigError(f"the {test.num_examples:,} test images x {self.captions} captions give "
+                              f"{self.count:,} samples, more than the {MAX_SAMPLES:,} scored at once; "
+                              "give --num-samples.")
         self.resolution = scored_size(config, stage)
         rng = np.random.default_rng(seed)
         self.noise = draw_noise(rng, self.count, self.model.z_dim, self.model.ef_dim)
