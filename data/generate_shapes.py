@@ -36,10 +36,16 @@ never remove each other's temporary files.
 
 Usage, from the repository root::
 
-    python data/generate_shapes.py [--out data/shapes] [--num-train N] [--num-test N] [--seed S]
+    python data/generate_shapes.py [--out data/shapes] [--num-train N] [--num-test N] [--seed S] [--force]
+
+The target folder must be new, empty or a dataset this script wrote (it
+leaves a ``.shapes_dataset`` marker first); a folder holding anything else
+(another dataset, other files) is refused unless ``--force``, and a file,
+FIFO or device is always refused.  Counts are 1 to ``MAX_IMAGES`` per split
+(the pictures of a split are held in memory), the seed 0 to 2**32 - 1; all
+is checked before anything is written.
 """
 
-import argparse
 import json
 import math
 import os
@@ -54,9 +60,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from misc import safe_pickle
-from misc.atomic import TEMP_PREFIX, exclusive_lock, remove_temporaries, write_text
-from misc.datasets import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, TEXT_EMBEDDING_DIM
-from misc.preprocessing import make_low_resolution, prepare_image
+from misc.atomic import TEMP_PREFIX, check_folder_writable, exclusive_lock, remove_temporaries, write_text
+from misc.cli import ArgumentParser, check_range
+from misc.config import MAX_SEED
+from misc.datasets import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, TEXT_EMBEDDING_DIM, DatasetError
+from misc.preprocessing import make_low_resolution, prepare_image, run_cli
 from misc.text_encoder import encode_captions
 
 # ---------------------------------------------------------------- attributes
@@ -255,13 +263,16 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
 
 
 def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, seed=0, hr=True,
-             log=print):
+             log=print, force=False):
     """Write the dataset to ``out_dir`` (e.g. ``data/shapes``); same seed, same files.
 
     With ``hr=False`` the 304 px pickles are not written (stage I only).
-    Returns a summary dict.
+    ``out_dir`` must be new, empty or a dataset of ours unless ``force``
+    (``check_target``).  Returns a summary dict.
     """
+    check_target(out_dir, force)
     start = time.perf_counter()
+    write_text("written by data/generate_shapes.py\n", os.path.join(out_dir, MARKER))
     # filenames.pickle marks a finished split: drop old ones first so that an
     # interrupted regeneration is not mistaken for a complete dataset, and an
     # old 304 px pickle that this run would not replace.
@@ -302,31 +313,100 @@ def ensure_dataset(data_dir, name="shapes", hr=True, log=print, **generate_kwarg
     if all(os.path.isfile(p) for p in required_files(dataset_dir, hr)) and \
             not _has_temporaries(dataset_dir):
         return dataset_dir
+    _generate_locked(dataset_dir, lambda: all(os.path.isfile(p) for p in required_files(dataset_dir, hr)),
+                     log, hr=hr, **generate_kwargs)
+    return dataset_dir
+
+
+def _generate_locked(dataset_dir, complete, log, force=False, **generate_kwargs):
+    """Generate into ``dataset_dir`` (checked first: ``check_target``)
+    holding its lock, after removing what an interrupted generation left,
+    unless ``complete()`` says another run has meanwhile written it."""
+    check_target(dataset_dir, force)
     os.makedirs(dataset_dir, exist_ok=True)
-    with exclusive_lock(os.path.join(dataset_dir, ".lock")):
+    with exclusive_lock(os.path.join(dataset_dir, LOCK)):
         removed = remove_temporaries(dataset_dir, recursive=True)
         if removed:
             log(f"Removed {len(removed)} temporary file(s) left in {dataset_dir} by an interrupted "
                 "generation.")
-        if not all(os.path.isfile(p) for p in required_files(dataset_dir, hr)):
-            generate(dataset_dir, hr=hr, log=log, **generate_kwargs)
-    return dataset_dir
+        if not complete():
+            generate(dataset_dir, log=log, force=force, **generate_kwargs)
+
+
+# A dataset folder of ours: the marker (written first), the lock, the splits
+# and captions; in a split, its files and the evaluator's FID statistics.
+MARKER = ".shapes_dataset"
+LOCK = ".lock"
+_OWN_ENTRIES = {MARKER, LOCK, "text_c10"} | set(SPLITS)
+_OWN_SPLIT_FILE = re.compile(rf"^(\d+images\.pickle|char-CNN-RNN-embeddings\.pickle|class_info\.pickle|"
+                             rf"filenames\.pickle|attributes\.json|fid_statistics_\d+\.npz|"
+                             rf"{re.escape(TEMP_PREFIX)}.*)$")
+
+
+def foreign_entries(out_dir):
+    """What in ``out_dir`` is not part of a shapes dataset; empty when the
+    folder is new or empty, or was written by this script (it has the
+    marker: generating again replaces only the dataset's own files, never
+    the others).  A dataset written before the marker existed (an
+    attributes.json in a split) must hold nothing else."""
+    names = {n for n in _listdir(out_dir) if not n.startswith(TEMP_PREFIX)} - {LOCK}
+    if not names or MARKER in names:
+        return []
+    if not any(os.path.isfile(os.path.join(out_dir, split, "attributes.json")) for split in SPLITS):
+        return sorted(names)
+    foreign = sorted(names - _OWN_ENTRIES)
+    for split in SPLITS:
+        foreign += sorted(os.path.join(split, n) for n in _listdir(os.path.join(out_dir, split))
+                          if not _OWN_SPLIT_FILE.match(n))
+    return foreign
+
+
+def _listdir(folder):
+    return os.listdir(folder) if os.path.isdir(folder) else []
+
+
+def check_target(out_dir, force=False):
+    """Refuse, before anything is written, a target that is not a folder
+    (or cannot become one), and unless ``force`` one that holds anything
+    but a shapes dataset: one-line ``DatasetError``."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DatasetError(f"--out {out_dir}: exists and is not a folder; give the dataset folder.")
+    check_folder_writable(out_dir, f"--out {out_dir}")
+    foreign = [] if force else foreign_entries(out_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DatasetError(f"--out {out_dir}: holds files that are not part of a shapes dataset ({shown}); "
+                           "they would be overwritten or mixed with it. Give a new folder, or --force to "
+                           "write into this one anyway.")
 
 
 def _has_temporaries(dataset_dir):
     return any(name.startswith(TEMP_PREFIX) for _, _, names in os.walk(dataset_dir) for name in names)
 
 
+MAX_IMAGES = 20_000  # per split: its 304 px pictures, 0.28 MB each, are held in memory
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/shapes", help="dataset folder (default: data/shapes)")
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="data/shapes", help="dataset folder (default: data/shapes); "
+                        "new, empty or a shapes dataset unless --force")
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN,
+                        help=f"training pictures, 1 to {MAX_IMAGES:,} (default {DEFAULT_NUM_TRAIN:,})")
+    parser.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST,
+                        help=f"test pictures, 1 to {MAX_IMAGES:,} (default {DEFAULT_NUM_TEST:,})")
+    parser.add_argument("--seed", type=int, default=0, help=f"0 to {MAX_SEED} (default 0)")
     parser.add_argument("--no-hr", action="store_true", help="skip the 304 px pickles")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a folder that holds other files too (files of the dataset's "
+                             "names are replaced, nothing else is touched)")
     args = parser.parse_args(argv)
-    generate(args.out, args.num_train, args.num_test, args.seed, hr=not args.no_hr)
+    check_range("--num-train", args.num_train, 1, MAX_IMAGES, "training pictures")
+    check_range("--num-test", args.num_test, 1, MAX_IMAGES, "test pictures")
+    check_range("--seed", args.seed, 0, MAX_SEED, "it seeds the attributes, jitter and captions")
+    _generate_locked(args.out, lambda: False, print, force=args.force, num_train=args.num_train,
+                     num_test=args.num_test, seed=args.seed, hr=not args.no_hr)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

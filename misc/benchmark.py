@@ -55,6 +55,8 @@ import tensorflow as tf
 
 from misc import experiment
 from misc.acceleration import choose_step
+from misc.atomic import check_not_input, check_writable, write_text
+from misc.cli import ArgumentParser
 from misc.config import ConfigError
 from misc.datasets import (
     CAPTIONS_PER_IMAGE,
@@ -68,6 +70,9 @@ from misc.datasets import (
 from misc.input_pipeline import distributed_training_dataset
 
 BIRDS_TRAIN_IMAGES = 8855  # CUB-200 training split, the reference dataset
+# Synthetic data is held in memory: 20,000 images are 5.5 GB at 304 px.
+MAX_SYNTHETIC_IMAGES = 20_000
+MAX_EMBEDDING_DIM = 8192  # skip-thought vectors have 4800
 NUM_CLASSES = 200
 MIB = 1024 * 1024
 
@@ -75,25 +80,25 @@ MIB = 1024 * 1024
 # -- command line and config ----------------------------------------------
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Measure StackGAN training speed (seconds per iteration, images per "
                     "second, input-pipeline wait, peak memory) on synthetic or real data.")
     parser.add_argument("--cfg", dest="cfg_file", required=True,
                         help="YAML config file (e.g. stageI/cfg/birds.yml)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=None,
                         help="1 or 2 (default: 2 when CONFIG_NAME starts with 'stageII', else 1)")
-    parser.add_argument("--steps", type=_positive, default=20, help="measured steps (default 20)")
-    parser.add_argument("--warmup", type=_positive, default=3,
+    parser.add_argument("--steps", type=_positive(), default=20, help="measured steps (default 20)")
+    parser.add_argument("--warmup", type=_positive(), default=3,
                         help="unmeasured steps first, the first of which traces and compiles "
                              "(default 3, at least 1)")
     parser.add_argument("--gpu", default=None,
                         help="GPU id(s), e.g. 0 or 0,1 (default: all visible GPUs; CPU when none)")
-    parser.add_argument("--batch-size", type=_positive, default=None,
+    parser.add_argument("--batch-size", type=_positive(), default=None,
                         help="global batch size (default: TRAIN.BATCH_SIZE)")
-    parser.add_argument("--num-images", type=_positive, default=BIRDS_TRAIN_IMAGES,
+    parser.add_argument("--num-images", type=_positive(MAX_SYNTHETIC_IMAGES), default=BIRDS_TRAIN_IMAGES,
                         help=f"synthetic images held in memory (default {BIRDS_TRAIN_IMAGES}, "
                              "the birds training split)")
-    parser.add_argument("--embedding-dim", type=_positive, default=TEXT_EMBEDDING_DIM,
+    parser.add_argument("--embedding-dim", type=_positive(MAX_EMBEDDING_DIM), default=TEXT_EMBEDDING_DIM,
                         help=f"synthetic text-embedding size (default {TEXT_EMBEDDING_DIM}, char-CNN-RNN)")
     parser.add_argument("--data", action="store_true",
                         help="use the configured dataset (DATA_DIR/DATASET_NAME) instead of "
@@ -109,11 +114,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: give a whole number of at least 1")
-    return value
+def _positive(most=None):
+    """An argparse type: a whole number from 1 (to ``most``)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or (most is not None and value > most):
+            bounds = "of at least 1" if most is None else f"from 1 to {most:,}"
+            raise argparse.ArgumentTypeError(f"{text}: give a whole number {bounds}")
+        return value
+
+    return parse
 
 
 def load_config(args):
@@ -406,11 +420,7 @@ def format_report(result):
 
 
 def write_json(result, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_text(json.dumps(result, indent=2) + "\n", path)
 
 
 # -- driver ---------------------------------------------------------------
@@ -419,6 +429,9 @@ def main(argv=None, strategy=None):
     """Run the benchmark; returns the figures (also printed, and written
     with --json).  ``strategy`` replaces ``make_strategy`` (for tests)."""
     args = parse_args(argv)
+    if args.json_out:
+        check_writable(args.json_out, "--json")
+        check_not_input(args.json_out, [args.cfg_file, args.baseline_cfg], "--json")
     if args.baseline:
         return side_by_side(args)
     config = load_config(args)

@@ -24,27 +24,38 @@ fails removes its own.
 
 import dataclasses
 import glob
+import math
 import os
 import re
 import shutil
 
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.protobuf import trackable_object_graph_pb2
+from tensorflow.python.training import checkpoint_state_pb2
 
 from misc.atomic import TEMP_PREFIX, WriteError, describe_os_error, exclusive_lock
 from misc.cluster import LOST_WORKER_ERRORS
+from misc.input_files import open_regular
 from misc.tf1_checkpoint import (
     CA_MATRIX,
+    SIMPLE_MARKER,
     CheckpointError,
     ReferenceCheckpoint,
     counter_from_path,
     is_reference_checkpoint,
 )
 
-SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
-
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
+
+# Where a checkpoint path comes from, for the messages, unless a command
+# names its option (e.g. '--checkpoint').
+PRETRAINED_OPTIONS = "TRAIN.PRETRAINED_MODEL (or TEST.PRETRAINED_MODEL)"
+# A file of a V2 checkpoint: <prefix>.index or <prefix>.data-00000-of-00001.
+_CHECKPOINT_PART = re.compile(r"^(.+)\.(index|data-\d{5}-of-\d{5})$")
+MAX_STATE_FILE_BYTES = 1 << 20  # a 'checkpoint' state file lists a few snapshots
+SNAPSHOT_FIX = "Use another snapshot (e.g. an earlier model-<N> of the same run)."
 
 # Lock file a training run holds in its log folder while it writes there.
 RUN_LOCK = ".lock"
@@ -168,44 +179,122 @@ class Snapshotter:
         return self.last_path
 
 
-def latest_in_directory(path):
+def _state_file_snapshots(directory, option):
+    """The snapshots the ``checkpoint`` state file of ``directory`` names,
+    newest first (paths), or None without a state file; a state file that
+    cannot be read is a one-line ``CheckpointError``.  Read here rather than
+    by ``tf.train.latest_checkpoint``, which logs lines of its own."""
+    path = os.path.join(directory, "checkpoint")
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open_regular(path, "r", encoding="utf-8") as f:
+            text = f.read(MAX_STATE_FILE_BYTES + 1)
+        if len(text) > MAX_STATE_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_FILE_BYTES:,} bytes")
+        state = text_format.Parse(text, checkpoint_state_pb2.CheckpointState())
+    except (OSError, ValueError, text_format.ParseError) as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"{path}: not a readable 'checkpoint' state file ({detail}); point "
+                              f"{option} at a model-<N> prefix of the folder instead.") from None
+    named = [state.model_checkpoint_path] + list(reversed(state.all_model_checkpoint_paths))
+    snapshots = []
+    for name in named:
+        full = name if os.path.isabs(name) else os.path.join(directory, name)
+        if name and full not in snapshots:
+            snapshots.append(full)
+    return snapshots
+
+
+def _snapshot_exists(prefix):
+    return os.path.isfile(prefix + ".index")
+
+
+def _newest_named(directory, option):
+    """The newest snapshot of a run folder: what its state file names; a
+    one-line ``CheckpointError`` when that snapshot's files are missing
+    (naming the snapshots that are there)."""
+    snapshots = _state_file_snapshots(directory, option)
+    if not snapshots:
+        return None
+    if _snapshot_exists(snapshots[0]):
+        return snapshots[0]
+    present = [p for p in snapshots if _snapshot_exists(p)]
+    there = (f"the folder still holds {', '.join(os.path.basename(p) for p in present)}: point {option} "
+             f"at {present[0]}" if present else
+             f"none of the {len(snapshots)} snapshot(s) it lists is there")
+    raise CheckpointError(
+        f"{directory}: its 'checkpoint' state file names {os.path.basename(snapshots[0])} as the newest "
+        f"snapshot, but {snapshots[0]}.index is missing (deleted or moved); {there}.")
+
+
+def latest_in_directory(path, option=PRETRAINED_OPTIONS):
     """The newest snapshot of a run directory, or of the newest run below a
     log directory (e.g. ``ckt_logs/shapes``)."""
-    latest = tf.train.latest_checkpoint(path)
+    latest = _newest_named(path, option)
     if latest is not None:
         return latest
     runs = [os.path.join(root, d) for root, dirs, _ in os.walk(path) for d in dirs]
-    runs = [(os.path.getmtime(r), r) for r in runs if os.path.exists(os.path.join(r, "checkpoint"))]
+    runs = [(os.path.getmtime(r), r) for r in runs if os.path.lexists(os.path.join(r, "checkpoint"))]
+    problem = None
     for _, run in sorted(runs, reverse=True):
-        latest = tf.train.latest_checkpoint(run)
+        try:
+            latest = _newest_named(run, option)
+        except CheckpointError as exc:
+            problem = problem or exc
+            continue
         if latest is not None:
             return latest
-    raise CheckpointError(f"{path}: no checkpoint in this directory or below it "
-                          "(no 'checkpoint' state file).")
+    if problem is not None:
+        raise problem
+    raise CheckpointError(f"{path}: no checkpoint in this folder or below it (no 'checkpoint' state "
+                          f"file); point {option} at a model-<N> prefix, a run folder or a reference "
+                          ".ckpt file.")
 
 
-def resolve(path):
-    """Classify ``path``: ('native', prefix) or ('reference', path)."""
+def checkpoint_files(path):
+    """The files TensorFlow reads for the checkpoint ``path`` (a V1 file, or
+    a V2 prefix's index and data), those that exist."""
+    files = [path, path + ".index"] + sorted(glob.glob(glob.escape(path) + ".data-*"))
+    return [f for f in files if os.path.lexists(f)]
+
+
+def check_checkpoint_files(path, option, error=CheckpointError):
+    """The files of the checkpoint ``path`` must be regular files:
+    TensorFlow would wait for ever on a FIFO."""
+    for file in checkpoint_files(path):
+        if not os.path.isfile(file):
+            raise error(f"{file}: not a regular file; {option} must name a checkpoint.")
+
+
+def resolve(path, option=PRETRAINED_OPTIONS):
+    """Classify ``path``: ('native', prefix) or ('reference', path).
+    ``option`` names where the path came from, for the messages (e.g.
+    '--checkpoint')."""
     if not path:
-        raise CheckpointError("no checkpoint given: set TRAIN.PRETRAINED_MODEL (or TEST.PRETRAINED_MODEL).")
+        raise CheckpointError(f"no checkpoint given: set {option}.")
     if os.path.isdir(path):
-        return "native", latest_in_directory(path)
-    if os.path.exists(path + ".index") or os.path.exists(path):
+        return "native", latest_in_directory(path, option)
+    part = _CHECKPOINT_PART.match(path)
+    if part and _snapshot_exists(part.group(1)):
+        raise CheckpointError(
+            f"{path}: one of the files of the checkpoint {part.group(1)}; give {option} the "
+            f"checkpoint's prefix {part.group(1)} (without .{part.group(2)}).")
+    if os.path.lexists(path + ".index") or os.path.lexists(path):
+        check_checkpoint_files(path, option)
         try:
             reader = tf.train.load_checkpoint(path)
         except Exception:
             raise CheckpointError(
-                f"{path}: not a TensorFlow checkpoint. Point PRETRAINED_MODEL at a "
-                "model-<N> prefix written by this project, a directory of them, or a "
-                "reference .ckpt file.") from None
+                f"{path}: not a TensorFlow checkpoint, or a damaged one. Point {option} at a model-<N> "
+                "prefix written by this project, a folder of them, or a reference .ckpt file.") from None
         if reader.has_tensor(OBJECT_GRAPH_KEY):
             return "native", path
         if is_reference_checkpoint(path):
             return "reference", path
-        raise CheckpointError(f"{path}: a TensorFlow checkpoint, but not a StackGAN one.")
+        raise CheckpointError(f"{path}: a TensorFlow checkpoint, but not a StackGAN one; check {option}.")
     raise CheckpointError(
-        f"{path}: checkpoint not found (neither the file nor {path}.index exists). "
-        "Check TRAIN.PRETRAINED_MODEL / TEST.PRETRAINED_MODEL.")
+        f"{path}: checkpoint not found (neither the file nor {path}.index exists). Check {option}.")
 
 
 def restore_objects(objects, prefix, partial=False):
@@ -222,12 +311,17 @@ def restore_objects(objects, prefix, partial=False):
         for var in getattr(obj, "variables", []):
             if id(var) not in tracked and id(getattr(var, "value", None)) not in tracked:
                 raise RuntimeError(f"{name}: variable {var.path} is not tracked by tf.train.Checkpoint")
+    status = None
     try:
         status = checkpoint.read(prefix)  # read(): no save_counter, which write() does not store
         if partial:
             status.expect_partial()
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as exc:
+        if status is not None:
+            # else TensorFlow logs every value it did not restore when the
+            # status is deleted: lines after the one-line error
+            status.expect_partial()
         detail = " ".join(str(exc).split())[:400]
         raise CheckpointError(
             f"{prefix}: does not fit the models built from this config ({detail}). "
@@ -291,34 +385,42 @@ class CheckpointInfo:
     shapes: dict = dataclasses.field(default_factory=dict, repr=False)  # reference only
 
 
-def verify_checkpoint_data(path):
+def verify_checkpoint_data(path, error=CheckpointError, fix=SNAPSHOT_FIX):
     """Read every tensor of a checkpoint (TensorFlow checks each one's
     checksum), so a truncated, missing or corrupted data file is found
-    before anything is built from it: a one-line ``CheckpointError`` naming
-    the file."""
+    before anything is built from it: a one-line ``error`` naming the file
+    and ending with ``fix``.  A tensor whose shape asks for more bytes than
+    the data files hold is refused before it is read (a damaged index could
+    otherwise make TensorFlow allocate any size)."""
     reader = tf.train.load_checkpoint(path)
-    for name in sorted(reader.get_variable_to_shape_map()):
+    data = sorted(glob.glob(glob.escape(path) + ".data-*"))
+    if os.path.isfile(path):  # a V1 single-file checkpoint
+        where, available = path, os.path.getsize(path)
+    else:
+        where = data[0] if len(data) == 1 else f"{path}.data-*"
+        available = sum(os.path.getsize(f) for f in data)
+    dtypes = reader.get_variable_to_dtype_map()
+    for name, shape in sorted(reader.get_variable_to_shape_map().items()):
+        dtype = tf.as_dtype(dtypes[name])
+        nbytes = math.prod(shape) * (dtype.size if dtype != tf.string else 0)
+        if nbytes > available:
+            raise error(f"{where}: checkpoint damaged: {name} has the shape {list(shape)} ({nbytes:,} "
+                        f"bytes), more than the {available:,} bytes of its data. {fix}")
         try:
             reader.get_tensor(name)
         except Exception as exc:  # IndexError (truncated), OpError (missing, checksum), ...
-            data = sorted(glob.glob(glob.escape(path) + ".data-*"))
-            if os.path.isfile(path):  # a V1 single-file checkpoint
-                where = path
-            else:
-                where = data[0] if len(data) == 1 else f"{path}.data-*"
             state = "missing" if not (data or os.path.isfile(path)) else "truncated or corrupted"
             detail = " ".join(str(exc).split())[:160]
-            raise CheckpointError(
-                f"{where}: checkpoint data {state}, reading {name} failed ({type(exc).__name__}: "
-                f"{detail}). Use another snapshot (e.g. an earlier model-<N> of the same run)."
-            ) from None
+            raise error(f"{where}: checkpoint data {state}, reading {name} failed ({type(exc).__name__}: "
+                        f"{detail}). {fix}") from None
 
 
-def describe_checkpoint(path):
-    """Open ``path`` (see ``misc.checkpoints.resolve``) and return its
-    ``CheckpointInfo``; one-line ``CheckpointError`` for anything that is not
-    a StackGAN checkpoint or whose data is damaged."""
-    kind, path = resolve(path)
+def describe_checkpoint(path, option=PRETRAINED_OPTIONS):
+    """Open ``path`` (see ``misc.checkpoints.resolve``; ``option`` names
+    where it came from) and return its ``CheckpointInfo``; one-line
+    ``CheckpointError`` for anything that is not a StackGAN checkpoint or
+    whose data is damaged."""
+    kind, path = resolve(path, option)
     verify_checkpoint_data(path)
     if kind == "reference":
         ckpt = ReferenceCheckpoint(path)
@@ -338,8 +440,7 @@ def describe_checkpoint(path):
         raise CheckpointError(
             f"{path}: a TensorFlow object-based checkpoint, but not a StackGAN one (it holds "
             f"{', '.join(sorted(parts)) or 'nothing'}, no 'generator' network). Point "
-            "TEST.PRETRAINED_MODEL at a model-<N> prefix written by this project or at a "
-            "reference .ckpt file.")
+            f"{option} at a model-<N> prefix written by this project or at a reference .ckpt file.")
     reader = tf.train.load_checkpoint(path)
     embedding_dim = int(reader.get_variable_to_shape_map()[key][0])
     simple = graph_node(graph, ("generator", "image_generator", "stack")) is not None

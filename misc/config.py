@@ -10,12 +10,14 @@ one; ``cfg_from_file`` (the reference's name) merges a file into a given tree.
 """
 
 import math
+import os
 
 import numpy as np
 import yaml
 from easydict import EasyDict as edict
 
 from misc.datasets import EMBEDDING_FILES
+from misc.input_files import InputFileError, open_regular, short_repr
 
 # The Stage-I network variants (GAN.NETWORK_TYPE); Stage-II exists only for
 # the first.
@@ -23,6 +25,7 @@ NETWORK_TYPES = ("default", "simple")
 # SEED seeds NumPy's legacy generator (via keras.utils.set_random_seed), which
 # takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes
 
 
 def default_config():
@@ -128,7 +131,7 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
             if not isinstance(value, dict):
                 raise ConfigError(
                     f"{source}: config key '{path}' is a section and needs nested keys, "
-                    f"got {_type_name(value)} ({value!r})."
+                    f"got {_type_name(value)} ({short_repr(value)})."
                 )
             merge_config(value, old, source, path + ".")
             continue
@@ -144,7 +147,7 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
                 hint = " YAML reads unquoted on/off/yes/no as booleans; quote the word ('on')."
             raise ConfigError(
                 f"{source}: config key '{path}' expects {_type_name(old)}, "
-                f"got {_type_name(value)} ({value!r}).{hint}"
+                f"got {_type_name(value)} ({short_repr(value)}).{hint}"
             )
         base[key] = value
     return base
@@ -153,14 +156,20 @@ def merge_config(overrides, base, source="<config>", _prefix=""):
 def read_yaml(filename):
     """Parse a YAML config file into a mapping (None for an empty file);
     errors name the file."""
+    if os.path.isdir(filename):
+        raise ConfigError(f"{filename}: is a directory; --cfg takes a YAML file such as "
+                          "stageI/cfg/birds.yml.")
     try:
-        with open(filename, encoding="utf-8") as f:
-            tree = yaml.safe_load(f)
+        with open_regular(filename, "r", encoding="utf-8") as f:  # a FIFO would block, a device not end
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{filename}: larger than {MAX_CONFIG_BYTES:,} bytes, so not a config file; "
+                              "--cfg takes a YAML file such as stageI/cfg/birds.yml.")
+        tree = yaml.safe_load(text)
+    except InputFileError as exc:
+        raise ConfigError(f"{exc} --cfg takes a YAML file such as stageI/cfg/birds.yml.") from None
     except FileNotFoundError:
         raise ConfigError(f"{filename}: config file not found. Check the --cfg path.") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{filename}: is a directory; --cfg takes a YAML file such as "
-                          "stageI/cfg/birds.yml.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{filename}: not a text file; --cfg takes a YAML file such as "
                           "stageI/cfg/birds.yml.") from None
@@ -171,7 +180,7 @@ def read_yaml(filename):
         raise ConfigError(f"{filename}: not valid YAML ({detail}).") from None
     if tree is not None and not isinstance(tree, dict):
         raise ConfigError(f"{filename}: expected a mapping of config keys (lines such as "
-                          f"'TRAIN: ...', 'GAN: ...'), got a {_type_name(tree)} ({tree!r:.60}).")
+                          f"'TRAIN: ...', 'GAN: ...'), got a {_type_name(tree)} ({short_repr(tree)}).")
     return tree
 
 
@@ -246,7 +255,7 @@ def validate_config(config, stage=None, source=None):
     where = f"{source}: " if source else ""
 
     def fail(key, value, requirement):
-        raise ConfigError(f"{where}{key} is {value!r}; {requirement}.")
+        raise ConfigError(f"{where}{key} is {short_repr(value)}; {requirement}.")
 
     for key, value in config_leaves(config):
         if isinstance(value, float) and not math.isfinite(value):

@@ -30,9 +30,16 @@ The model dimensions come from --cfg (default: the reference defaults, which
 the published models use); the text-embedding size from the checkpoint.
 Given a checkpoint of this project instead, only the Keras weights file and
 ``conversion.json`` are written.
+
+OUT_DIR must not exist or be an empty folder, and must not be the
+checkpoint or hold it (IN = OUT is refused, also through links and relative
+paths).  Everything is written into a temporary folder beside OUT_DIR that
+becomes OUT_DIR when complete: OUT_DIR appears complete or not at all
+(Ctrl-C or a failed write removes the temporary folder; one left by a
+killed run is removed by the next conversion to the same OUT_DIR).  The
+checkpoint and OUT_DIR are checked before anything is written.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -43,19 +50,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import misc.startup  # before TensorFlow: its start-up lines follow that level
 
 from misc import experiment
+from misc.atomic import WriteError, atomic_folder, check_folder_writable, write_text
 from misc.checkpoints import Snapshotter, describe_checkpoint
+from misc.cli import ArgumentParser
 from misc.config import load_config
 from misc.sampling import StackGANGenerator, load_generator, load_reference_trainer
 
 WEIGHTS_FILE = "generator.weights.h5"
 INFO_FILE = "conversion.json"
+CHECKPOINT_ARGUMENT = "the CHECKPOINT argument"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Convert a reference StackGAN checkpoint to a native checkpoint and Keras weights.")
-    parser.add_argument("checkpoint", help="reference checkpoint (.ckpt file or V2 prefix)")
-    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="reference checkpoint (.ckpt file or V2 prefix), or one of ours")
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        help="output folder: must not exist or be empty; it appears complete or not at "
+                             "all (built in a temporary folder beside it)")
     parser.add_argument("--cfg", dest="cfg_file", default=None,
                         help="YAML config with the model dimensions (default: reference defaults)")
     parser.add_argument("--no-optimizer-state", dest="optimizer_state", action="store_false",
@@ -63,26 +76,60 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _inside(path, folder):
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output(given, info, out_dir):
+    """OUT_DIR must be a new or empty folder that is neither the checkpoint
+    (``given`` as typed, ``info.path`` resolved) nor holds it, in a folder
+    the process may write in.  Writes nothing."""
+    out = os.path.realpath(out_dir)
+    checkpoint_paths = {os.path.realpath(p) for p in (given, info.path)}
+    for path in checkpoint_paths:
+        if out == path or _inside(path, out):
+            raise WriteError(f"OUT_DIR {out_dir}: is the checkpoint {given} or holds it; the conversion "
+                             "never writes over its input. Give another OUT_DIR.")
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise WriteError(f"OUT_DIR {out_dir}: exists and is not a folder; give a new folder.")
+        if os.listdir(out):
+            raise WriteError(f"OUT_DIR {out_dir}: exists and is not empty; give a new folder (or remove "
+                             "this one).")
+    check_folder_writable(os.path.dirname(out), f"OUT_DIR {out_dir}")
+
+
 def convert(config, checkpoint, out_dir, optimizer_state=True, log=print):
-    """Write the conversions of ``checkpoint`` into ``out_dir``; returns
-    {'native': prefix or None, 'weights': path, 'info': dict}."""
-    info = describe_checkpoint(checkpoint)
-    os.makedirs(out_dir, exist_ok=True)
+    """Write the conversions of ``checkpoint`` into the new folder
+    ``out_dir`` (see the module docstring); returns {'native': prefix or
+    None, 'weights': path, 'info': dict}."""
+    info = describe_checkpoint(checkpoint, CHECKPOINT_ARGUMENT)
+    check_output(checkpoint, info, out_dir)
+    with atomic_folder(out_dir) as building:
+        native, details = _write(config, info, building, optimizer_state, log)
+    weights = os.path.join(out_dir, WEIGHTS_FILE)
+    if native:
+        log(f"Native checkpoint written: {os.path.join(out_dir, native)}")
+    log(f"Keras generator weights written: {weights}")
+    log(f"What was converted: {os.path.join(out_dir, INFO_FILE)}")
+    return {"native": native and os.path.join(out_dir, native), "weights": weights, "info": details}
+
+
+def _write(config, info, folder, optimizer_state, log):
+    """The conversion's files in ``folder``; returns (native checkpoint
+    name or None, conversion details)."""
     native = None
     if info.kind == "reference":
         gan, report, info = load_reference_trainer(config, info.path, optimizer_state)
         log(report.summary())
-        native = Snapshotter(gan, out_dir, max_to_keep=None).save()
-        log(f"Native checkpoint written: {native}")
+        native = os.path.basename(Snapshotter(gan, folder, max_to_keep=None).save())
         model = StackGANGenerator(gan.generator, getattr(gan, "hr_generator", None))
         model.build_variables(info.embedding_dim)
     else:
         model, report, info = load_generator(config, info.path, info)
         log(report.summary())
         log(f"{info.path} is already a checkpoint of this project; writing the Keras weights only.")
-    weights = os.path.join(out_dir, WEIGHTS_FILE)
-    model.save_weights(weights)
-    log(f"Keras generator weights written: {weights}")
+    model.save_weights(os.path.join(folder, WEIGHTS_FILE))
     details = {
         "source": os.path.abspath(info.path),
         "source_kind": info.kind,
@@ -93,14 +140,13 @@ def convert(config, checkpoint, out_dir, optimizer_state=True, log=print):
         "GAN": {"EMBEDDING_DIM": config.GAN.EMBEDDING_DIM, "GF_DIM": config.GAN.GF_DIM,
                 "DF_DIM": config.GAN.DF_DIM, "NETWORK_TYPE": info.network_type},
         "TEST": {"LR_IMSIZE": config.TEST.LR_IMSIZE, "HR_IMSIZE": config.TEST.HR_IMSIZE},
-        "native_checkpoint": native and os.path.basename(native),
+        "native_checkpoint": native,
         "keras_weights": WEIGHTS_FILE,
         "keras_loading": "StackGANGenerator.for_config(config, embedding_dim, stage)"
                          ".load_weights(keras_weights)",
     }
-    with open(os.path.join(out_dir, INFO_FILE), "w", encoding="utf-8") as f:
-        json.dump(details, f, indent=2)
-    return {"native": native, "weights": weights, "info": details}
+    write_text(json.dumps(details, indent=2) + "\n", os.path.join(folder, INFO_FILE))
+    return native, details
 
 
 def main(argv=None):

@@ -38,6 +38,7 @@ import re
 import numpy as np
 
 from misc import safe_pickle
+from misc.input_files import InputFileError, open_regular, short_repr
 
 EMBEDDING_FILES = {
     "cnn-rnn": "char-CNN-RNN-embeddings.pickle",
@@ -59,6 +60,13 @@ TEXT_EMBEDDING_DIM = 1024
 
 class DatasetError(Exception):
     """Bad or missing dataset input; the message names the path and the fix."""
+
+
+def caption_file(dataset_dir, filename, class_id):
+    """The caption file of an image: ``text_c10/<filename>.txt``."""
+    if "jpg/" in filename:  # flowers: captions are grouped by class folder
+        filename = filename.replace("jpg/", f"class_{int(class_id):05d}/")
+    return os.path.join(dataset_dir, "text_c10", filename + ".txt")
 
 
 def image_filename(hr_lr_ratio):
@@ -101,10 +109,7 @@ class Split:
         return 1 if self.embeddings.ndim == 2 else int(self.embeddings.shape[1])
 
     def caption_path(self, index):
-        name = self.filenames[index]
-        if "jpg/" in name:  # flowers: captions are grouped by class folder
-            name = name.replace("jpg/", f"class_{int(self.class_ids[index]):05d}/")
-        return os.path.join(self.dataset_dir, "text_c10", name + ".txt")
+        return caption_file(self.dataset_dir, self.filenames[index], self.class_ids[index])
 
     def captions(self, index):
         """The captions of image ``index`` (non-empty lines of its text file)."""
@@ -114,8 +119,11 @@ class Split:
                 raise DatasetError(
                     f"{path}: caption file missing. Put the dataset's text_c10/ folder "
                     f"in {self.dataset_dir}/ (captions are needed for samples and previews).")
-            with open(path, encoding="utf-8", errors="replace") as f:
-                self._caption_cache[index] = [c for c in f.read().split("\n") if c]
+            try:
+                with open_regular(path, "r", encoding="utf-8", errors="replace") as f:
+                    self._caption_cache[index] = [c for c in f.read().split("\n") if c]
+            except InputFileError as exc:  # a FIFO would block the read
+                raise DatasetError(str(exc)) from None
         return self._caption_cache[index]
 
     def check_caption_files(self):
@@ -378,7 +386,7 @@ def file_names(names, path):
         problem = path_problem(name)
         if problem:
             raise DatasetError(
-                f"{path}: entry {i} ({name!r:.80}) {problem}; file names must be relative paths "
+                f"{path}: entry {i} ({short_repr(name)}) {problem}; file names must be relative paths "
                 "inside the dataset (they name caption files and evaluation sheets). Fix the list.")
     return list(names)
 
@@ -393,7 +401,7 @@ def class_id_array(class_ids, path):
     for i, value in enumerate(class_ids):
         if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or
                                            (isinstance(value, float) and value.is_integer())):
-            raise DatasetError(f"{path}: entry {i} is {value!r:.40}; expected integer class ids, "
+            raise DatasetError(f"{path}: entry {i} is {short_repr(value)}; expected integer class ids, "
                                "one per image.")
     return np.asarray(class_ids, dtype=np.int64)
 

@@ -25,12 +25,16 @@ authors' script does (``os.walk`` order, files whose name contains 'jpg' or
 the scored resolution; their statistics are cached beside the dataset, in
 ``<dataset>/test/fid_statistics_<size>.npz``).
 
-The result is printed as a table and written as JSON beside the checkpoint
-(``<checkpoint>_evaluation.json``) or the folder (``<DIR>_evaluation.json``),
-or to ``--json``.
+The result is printed as a table and written as JSON to ``--json`` or, by
+default, to ``outputs/evaluation/<name>_evaluation.json`` in the current
+folder (``<name>``: the checkpoint's run folder and name, or the picture
+folder's name).  Every argument and input is checked before the first
+picture is drawn or scored: the ranges below, the output (a file, a link to
+one, a device or a FIFO, never a folder), the evaluation model's data (read
+and checksummed), the checkpoint's, the dataset and every picture of
+``--images`` (decoded once).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -46,9 +50,10 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
-from misc.atomic import write_text
-from misc.checkpoints import check_embedding_dim, describe_checkpoint
-from misc.config import ConfigError, load_config
+from misc.atomic import check_not_input, check_writable, write_text
+from misc.checkpoints import check_embedding_dim, checkpoint_files, describe_checkpoint
+from misc.cli import ArgumentParser, check_range
+from misc.config import MAX_SEED, ConfigError, load_config
 from misc.datasets import HR_LR_RATIO, LOAD_SIZES, LR_IMAGE_SIZE, dataset_dir, load_dataset
 from misc.fid import FidGraph, cached_statistics, frechet_distance, statistics
 from misc.inception import (
@@ -67,10 +72,15 @@ from misc.sampling import Sampler, draw_noise, load_generator, resolve_checkpoin
 from misc.tf1_checkpoint import CheckpointError
 
 JSON_SUFFIX = "_evaluation.json"
+OUTPUT_FOLDER = "evaluation"  # the default --json goes there, under experiment.OUTPUT_ROOT
+# Pictures scored at most: 3.4 times CUB's 29,330 samples; each holds 8 KB of
+# FID features and its noise in memory.
+MAX_SAMPLES = 100_000
+MAX_BATCH_SIZE = 1024  # pictures scored at once: 1 GB of 299x299 input at the most
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Inception Score (the authors' evaluation model) and FID of a StackGAN model "
                     "or of a folder of pictures")
     parser.add_argument("--cfg", dest="cfg_file", default=None,
@@ -84,16 +94,22 @@ def parse_args(argv=None):
     parser.add_argument("--fid-weights", default=None,
                         help="classify_image_graph_def.pb (2015 Inception graph) for FID")
     parser.add_argument("--num-samples", type=int, default=None,
-                        help="samples to draw (default: one per caption of every test image)")
+                        help="samples to draw (default: one per caption of every test image; at most "
+                             f"{MAX_SAMPLES:,})")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=None,
                         help="score the Stage-I or Stage-II pictures (default: the checkpoint's stage)")
     parser.add_argument("--real-size", type=int, choices=sorted(LR_IMAGE_SIZE * r for r in LOAD_SIZES),
                         default=None, help="FID: size of the test-image centre crops (default: the "
                                            "scored resolution; 256 with --images)")
-    parser.add_argument("--batch-size", type=int, default=AUTHORS_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=AUTHORS_BATCH_SIZE,
+                        help=f"pictures per scored batch, 1 to {MAX_BATCH_SIZE} "
+                             f"(default {AUTHORS_BATCH_SIZE})")
     parser.add_argument("--splits", type=int, default=AUTHORS_SPLITS)
-    parser.add_argument("--seed", type=int, default=0, help="noise and shuffling (default 0)")
-    parser.add_argument("--json", dest="json_out", default=None, help="where to write the result")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"noise and shuffling, 0 to {MAX_SEED} (default 0)")
+    parser.add_argument("--json", dest="json_out", default=None,
+                        help="where to write the result (default: " + os.path.join(
+                            experiment.OUTPUT_ROOT, OUTPUT_FOLDER, "<name>" + JSON_SUFFIX) + ")")
     parser.add_argument("--gpu", default=None, help="GPU id to use (default: the first visible)")
     return parser.parse_args(argv)
 
@@ -108,14 +124,17 @@ def check_arguments(args):
     if args.images and args.fid_weights and not args.cfg_file:
         raise ConfigError("FID compares with the test images of a dataset: give --cfg with "
                           "--fid-weights (or leave --fid-weights out).")
-    for name in ("batch_size", "splits"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be at "
-                              "least 1.")
-    if args.num_samples is not None and args.num_samples < 1:
-        raise ConfigError(f"--num-samples is {args.num_samples}; it must be at least 1.")
+    check_range("--batch-size", args.batch_size, 1, MAX_BATCH_SIZE, "pictures scored at once")
+    check_range("--splits", args.splits, 1, MAX_SAMPLES, "parts the scored pictures are cut into")
+    if args.num_samples is not None:
+        check_range("--num-samples", args.num_samples, 1, MAX_SAMPLES, "samples to draw")
+    check_range("--seed", args.seed, 0, MAX_SEED, "it seeds the noise and the shuffling")
     if args.images and (args.num_samples or args.stage):
         raise ConfigError("--num-samples and --stage apply to sampling a model, not to --images.")
+    if args.gpu is not None:
+        experiment.parse_gpu_ids(args.gpu)  # checked on a machine without GPUs too
+    if args.json_out:
+        check_writable(args.json_out, "--json")
 
 
 def check_count(count, args, what):
@@ -152,6 +171,10 @@ class ModelSamples:
         self.sampler = Sampler(self.model)
         self.captions = test.captions_per_image
         self.count = num_samples or test.num_examples * self.captions
+        if self.count > MAX_SAMPLES:
+            raise ConfigError(f"the {test.num_examples:,} test images x {self.captions} captions give "
+                              f"{self.count:,} samples, more than the {MAX_SAMPLES:,} scored at once; "
+                              "give --num-samples.")
         self.resolution = scored_size(config, stage)
         rng = np.random.default_rng(seed)
         self.noise = draw_noise(rng, self.count, self.model.z_dim, self.model.ef_dim)
@@ -185,7 +208,10 @@ class FolderPictures:
     def __init__(self, folder):
         self.folder = folder
         self.paths = list_images(folder)
-        for path in self.paths:  # every header first, so a bad file stops the run at once
+        if len(self.paths) > MAX_SAMPLES:
+            raise ConfigError(f"--images {folder}: {len(self.paths):,} pictures; at most {MAX_SAMPLES:,} "
+                              "are scored at once (split the folder).")
+        for path in self.paths:  # every picture first, so a bad file stops the run at once
             check_image(path)
         self.count = len(self.paths)
 
@@ -214,12 +240,16 @@ def fid_features(graph, pictures):
 # -- the command --------------------------------------------------------------------
 
 def default_json_path(args, source):
+    """--json, or outputs/evaluation/<name>_evaluation.json: <name> the
+    picture folder's name, or the checkpoint's folder and name."""
     if args.json_out:
         return args.json_out
     if args.images:
-        return os.path.abspath(args.images).rstrip(os.sep) + JSON_SUFFIX
-    path = source.info.path
-    return path.removesuffix(".ckpt") + JSON_SUFFIX
+        name = os.path.basename(os.path.abspath(args.images))
+    else:
+        path = os.path.abspath(source.info.path)
+        name = f"{os.path.basename(os.path.dirname(path))}_{os.path.basename(path).removesuffix('.ckpt')}"
+    return os.path.join(experiment.OUTPUT_ROOT, OUTPUT_FOLDER, name + JSON_SUFFIX)
 
 
 def scored_size(config, stage):
@@ -260,7 +290,8 @@ def open_source(args, config, graph):
     if not checkpoint:
         raise CheckpointError("no checkpoint: give --checkpoint (ours or the authors' .ckpt) or "
                               "--images DIR.")
-    info = describe_checkpoint(resolve_checkpoint_path(checkpoint))
+    option = "--checkpoint" if args.checkpoint else f"TEST.PRETRAINED_MODEL of {args.cfg_file}"
+    info = describe_checkpoint(resolve_checkpoint_path(checkpoint), option)
     stage = args.stage or info.stage
     if stage > info.stage:
         raise CheckpointError(f"{info.path}: a Stage-I checkpoint has no Stage-II pictures; leave "
@@ -281,6 +312,12 @@ def evaluate(args):
     source, test, real_size = open_source(args, config, graph)
     check_count(source.count, args, source.describe())
     json_path = default_json_path(args, source)
+    option = "--json" if args.json_out else "the result file"
+    check_writable(json_path, option)
+    inputs = [args.cfg_file, args.fid_weights] + checkpoint_files(args.inception)
+    if not args.images:
+        inputs += checkpoint_files(source.info.path)
+    check_not_input(json_path, inputs, option)
     scorer = InceptionScorer(inception)
     print(scorer.report.summary())
     real = real_statistics(config, test, args, graph, real_size) if graph else None

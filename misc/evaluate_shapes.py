@@ -15,7 +15,6 @@ resolution) must be near 100%; uniform noise shows the measurement's own
 chance level.
 """
 
-import argparse
 import json
 import os
 import re
@@ -30,10 +29,13 @@ import numpy as np
 
 from data.generate_shapes import BACKGROUNDS, COLORS, SHAPES, SIZE_WORDS
 from misc import experiment
-from misc.config import load_config
+from misc.atomic import check_not_input, check_writable, write_text
+from misc.checkpoints import checkpoint_files, describe_checkpoint
+from misc.cli import ArgumentParser, check_range
+from misc.config import MAX_SEED, load_config
 from misc.datasets import load_dataset
 from misc.image_utils import to_uint8
-from misc.sampling import Sampler, draw_noise, load_generator
+from misc.sampling import MAX_COPIES, Sampler, draw_noise, load_generator
 from misc.shapes_attributes import SCORED_ATTRIBUTES, chance_levels, measure
 
 _VOCABULARY = {
@@ -115,8 +117,11 @@ def format_table(result):
     return "\n".join(lines)
 
 
+MAX_CAPTIONS = 100_000  # --num: test captions at most
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Caption consistency on the shapes dataset")
+    parser = ArgumentParser(description="Caption consistency on the shapes dataset")
     parser.add_argument("--cfg", dest="cfg_file", required=True, help="the config the model was trained with")
     parser.add_argument("--checkpoint", required=True, help="checkpoint prefix or run directory")
     parser.add_argument("--num", type=int, default=200, help="test captions (default 200)")
@@ -124,11 +129,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_out", default=None)
     args = parser.parse_args(argv)
-    result = evaluate(load_config(args.cfg_file), args.checkpoint, args.num, args.copies, args.seed)
+    check_range("--num", args.num, 1, MAX_CAPTIONS, "test captions")
+    check_range("--copies", args.copies, 1, MAX_COPIES, "samples per caption")
+    check_range("--seed", args.seed, 0, MAX_SEED, "it seeds the noise")
+    if args.json_out:
+        check_writable(args.json_out, "--json")
+    config = load_config(args.cfg_file)
+    info = describe_checkpoint(args.checkpoint, "--checkpoint")  # a bad one is named as the user gave it
+    if args.json_out:
+        check_not_input(args.json_out, [args.cfg_file] + checkpoint_files(info.path), "--json")
+    result = evaluate(config, args.checkpoint, args.num, args.copies, args.seed)
     print(format_table(result))
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_text(json.dumps(result, indent=2) + "\n", args.json_out)
     return result
 
 

@@ -11,9 +11,9 @@ stopped by Ctrl-C (SIGINT) / SIGTERM after saving a snapshot to resume from
 signal); 1 an unexpected error (a bug: its traceback is printed).
 """
 
-import argparse
 import datetime
 import itertools
+import logging
 import os
 import pprint
 import shutil
@@ -45,6 +45,7 @@ from misc.callbacks import (
     WorkerWatchdog,
 )
 from misc.checkpoints import RUN_LOCK, Snapshotter, remove_snapshot_leftovers
+from misc.cli import EXIT_ERROR, ArgumentParser
 from misc.cluster import (
     LOST_WORKER_ERRORS,
     ClusterError,
@@ -71,11 +72,14 @@ from misc.tf1_checkpoint import CheckpointError
 
 # Errors that end a command with a one-line message and EXIT_ERROR.
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingDiverged, WriteError, ClusterError)
-EXIT_ERROR = 2
+# Where the commands write what is not a training run (the demo's sheets of
+# typed captions, the evaluator's results) unless told otherwise: a folder of
+# the current directory (gitignored in the repository).
+OUTPUT_ROOT = "outputs"
 
 
 def parse_args(description, argv=None):
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--cfg", dest="cfg_file", default=None, type=str,
                         help="YAML config file merged into the defaults")
     parser.add_argument("--gpu", dest="gpu", default=None, type=str,
@@ -457,6 +461,13 @@ def first_caption_embeddings(split, ids):
     return (emb[:, 0] if emb.ndim == 3 else emb).astype(np.float32)
 
 
+def _quiet_teardown():
+    """After a one-line error the process ends; what TensorFlow logs while
+    its objects are deleted (e.g. every value of a checkpoint that did not
+    fit the model, 169 lines for Stage-I) must not follow that line."""
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def run_main(main, argv=None):
     """Run ``main`` and turn expected failures into one-line errors
     (EXIT_ERROR); see the module docstring for the exit codes."""
@@ -464,10 +475,12 @@ def run_main(main, argv=None):
         main(argv)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _quiet_teardown()
         raise SystemExit(EXIT_ERROR) from None
     except OSError as exc:
         what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
         print(f"error: {what}", file=sys.stderr)
+        _quiet_teardown()
         raise SystemExit(EXIT_ERROR) from None
     except Stopped as exc:
         print(f"\n{exc}", file=sys.stderr)

@@ -24,13 +24,17 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
-from misc.atomic import atomic_open
+from misc.atomic import WriteError, atomic_open, remove_stale_temporaries
 from misc.inception import InceptionError
+from misc.input_files import InputFileError, open_regular
+from misc.safe_arrays import ArrayFileError, load_npz
 
 INPUT_TENSOR = "ExpandDims:0"
 FEATURE_TENSOR = "pool_3:0"
 SINGULAR_OFFSET = 1e-6
 STATS_VERSION = 1
+MAX_GRAPH_BYTES = 1 << 28  # --fid-weights: the 2015 graph has 95 MB
+MAX_KEY_BYTES = 1 << 16  # the cache's key: a short JSON text
 
 
 class FidGraph:
@@ -38,12 +42,19 @@ class FidGraph:
 
     def __init__(self, path):
         self.path = path
-        if not os.path.isfile(path):
-            raise InceptionError(f"{path}: FID Inception graph not found (--fid-weights). It is "
-                                 "classify_image_graph_def.pb of inception-2015-12-05.tgz (README, "
-                                 "'Evaluating a model').")
-        with open(path, "rb") as f:
-            data = f.read()
+        try:
+            with open_regular(path) as f:
+                data = f.read(MAX_GRAPH_BYTES + 1)
+        except (OSError, InputFileError) as exc:
+            why = ("FID Inception graph not found (--fid-weights)" if isinstance(exc, FileNotFoundError) else
+                   f"cannot read the FID Inception graph ({exc.strerror or exc}; --fid-weights)"
+                   if isinstance(exc, OSError) else str(exc).removeprefix(f"{path}: ").rstrip(".") +
+                   " (--fid-weights)")
+            raise InceptionError(f"{path}: {why}. It is classify_image_graph_def.pb of "
+                                 "inception-2015-12-05.tgz (README, 'Evaluating a model').") from None
+        if len(data) > MAX_GRAPH_BYTES:
+            raise InceptionError(f"{path}: larger than {MAX_GRAPH_BYTES:,} bytes, so not the FID Inception "
+                                 "graph (--fid-weights; classify_image_graph_def.pb has 95 MB).")
         self.sha256 = hashlib.sha256(data).hexdigest()
         graph_def = tf.compat.v1.GraphDef()
         try:
@@ -120,19 +131,48 @@ def images_digest(images):
     return digest.hexdigest()
 
 
-def cached_statistics(path, images, graph, batch_size, progress=None):
+def _cache_problem(path, key, dimension):
+    """(mu, sigma) from the cache at ``path`` when it holds sound statistics
+    for ``key``; otherwise None and why it is not used (None: there is no
+    cache, or it was written for other pictures or another graph)."""
+    try:
+        data = load_npz(path, max_bytes=(dimension + 1) * dimension * 8 + MAX_KEY_BYTES)
+        cached_key = json.loads(str(data["key"]))
+        mu, sigma = data["mu"], data["sigma"]
+    except FileNotFoundError:
+        return None, None
+    except (ArrayFileError, KeyError, ValueError) as exc:
+        return None, f"unreadable ({exc})"
+    if cached_key != key:
+        return None, None
+    if mu.shape != (dimension,) or sigma.shape != (dimension, dimension):
+        return None, f"it holds statistics of shapes {list(mu.shape)} and {list(sigma.shape)}, not " \
+                     f"[{dimension}] and [{dimension}, {dimension}]"
+    if mu.dtype.kind != "f" or sigma.dtype.kind != "f" or not (np.isfinite(mu).all() and
+                                                              np.isfinite(sigma).all()):
+        return None, "it holds statistics that are not finite numbers"
+    return (mu, sigma), None
+
+
+def cached_statistics(path, images, graph, batch_size, progress=None, log=print):
     """(mu, sigma, from_cache) of the real pictures, from ``path`` when it was
     written for the same pictures (content hash) and the same FID graph (file
-    hash); otherwise computed and written there atomically."""
+    hash); otherwise computed and written there atomically.  A damaged or
+    inconsistent cache is recomputed with a warning; a cache that cannot be
+    written (a read-only dataset folder) or that is not a regular file is
+    skipped with a warning; temporaries a killed write left are removed."""
     key = {"version": STATS_VERSION, "images": images_digest(images), "count": len(images),
            "size": list(images.shape[1:3]), "graph_sha256": graph.sha256}
-    if os.path.isfile(path):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if json.loads(str(data["key"])) == key:
-                    return data["mu"], data["sigma"], True
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or stale: recomputed below
+    remove_stale_temporaries(os.path.realpath(path))
+    usable = not os.path.lexists(path) or os.path.isfile(path)
+    if usable:
+        found, problem = _cache_problem(path, key, graph.dimension)
+        if found is not None:
+            return found + (True,)
+        if problem:
+            log(f"warning: FID statistics cache {path}: {problem}; recomputing them.")
+    else:
+        log(f"warning: FID statistics cache {path}: not a regular file; not read or written.")
     features = np.empty((len(images), graph.dimension), np.float32)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
@@ -140,6 +180,10 @@ def cached_statistics(path, images, graph, batch_size, progress=None):
         if progress is not None:
             progress(len(batch))
     mu, sigma = statistics(features)
-    with atomic_open(path, "wb") as f:
-        np.savez(f, mu=mu, sigma=sigma, key=np.array(json.dumps(key, sort_keys=True)))
+    if usable:
+        try:
+            with atomic_open(path, "wb") as f:
+                np.savez(f, mu=mu, sigma=sigma, key=np.array(json.dumps(key, sort_keys=True)))
+        except WriteError as exc:
+            log(f"warning: FID statistics not cached: {exc}")
     return mu, sigma, False

@@ -42,7 +42,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from misc.datasets import DatasetError
+from misc.checkpoints import check_checkpoint_files, verify_checkpoint_data
+from misc.pictures import PictureError, decoded_picture
 from misc.tf1_checkpoint import CheckpointError
 
 INPUT_SIZE = 299
@@ -62,7 +63,7 @@ class InceptionError(CheckpointError):
     """An evaluation-model file that cannot be used; names the file and the fix."""
 
 
-class ImageFolderError(DatasetError):
+class ImageFolderError(PictureError):
     """A folder of pictures that cannot be scored; names the path and the fix."""
 
 
@@ -331,6 +332,8 @@ class InceptionCheckpoint:
 
     def __init__(self, path):
         self.path = path
+        if not os.path.isdir(path):
+            check_checkpoint_files(path, "--inception", InceptionError)
         try:
             self.reader = tf.train.load_checkpoint(path)
         except Exception as exc:  # NotFound, DataLoss, ...
@@ -340,8 +343,9 @@ class InceptionCheckpoint:
                     f"{path}.index). Give --inception the model.ckpt-5000 of the authors' "
                     "evaluation model (see README, 'Evaluating a model').") from None
             raise InceptionError(
-                f"{path}: not a TensorFlow checkpoint ({type(exc).__name__}). Give --inception "
-                "the authors' model.ckpt-5000 (V1 file, or V2 prefix without .index).") from None
+                f"{path}: not a TensorFlow checkpoint, or a damaged one ({type(exc).__name__}). Give "
+                "--inception the authors' model.ckpt-5000 (V1 file, or V2 prefix without .index; "
+                "download it again if it is damaged).") from None
         self.shapes = {k: tuple(v) for k, v in self.reader.get_variable_to_shape_map().items()}
         key = LOGITS_WEIGHTS + AVERAGE_SUFFIX
         if key not in self.shapes:
@@ -358,6 +362,8 @@ class InceptionCheckpoint:
             raise InceptionError(f"{path}: {key} has shape {list(shape)}; the authors' Inception-v3 "
                                  "has [2048, classes + 1].")
         self.num_classes = int(shape[1])  # with the background class
+        verify_checkpoint_data(path, InceptionError, "Download the authors' model.ckpt-5000 again "
+                                                     "(--inception).")
 
     def load(self, model):
         """Fill ``model`` (an ``AuthorsInceptionV3``) from the moving averages
@@ -518,19 +524,23 @@ def list_images(folder):
 
 
 READABLE_MODES = ("RGB", "L", "P", "1", "RGBA")
+# How to get past a picture of a folder that cannot be scored.
+FOLDER_FIX = "Remove it from the folder or rename it (names containing 'jpg' or 'png' are read)."
+
+
+def _check_mode(path, image):
+    if image.mode not in READABLE_MODES:
+        raise ImageFolderError(f"{path}: a {image.mode} picture; the authors' script reads only 8-bit RGB, "
+                               "grayscale or palette pictures. Convert it to 8-bit RGB.")
 
 
 def check_image(path):
-    """Refuse, from its header, a file ``read_image`` cannot read."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageFolderError(f"{path}: not a readable picture ({exc}). Remove it from the folder "
-                               "or rename it (names containing 'jpg' or 'png' are read).") from None
-    if mode not in READABLE_MODES:
-        raise ImageFolderError(f"{path}: a {mode} picture; the authors' script reads only 8-bit RGB, "
-                               "grayscale or palette pictures. Convert it to 8-bit RGB.")
+    """Refuse a file ``read_image`` cannot read: its header (mode, Pillow's
+    decompression-bomb limit) and then its data, decoded and dropped, so a
+    truncated file is found before any work."""
+    with decoded_picture(path, FOLDER_FIX, ImageFolderError) as image:
+        _check_mode(path, image)
+        image.load()
 
 
 def read_image(path):
@@ -538,17 +548,13 @@ def read_image(path):
     or 2-D for grayscale; palette pictures converted to RGB.  An alpha
     channel is dropped (the authors' script fails on it); other modes are
     refused."""
-    check_image(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif im.mode == "1":
-                im = im.convert("L")
-            if im.mode == "RGBA":
-                im = im.convert("RGB")
-            return np.array(im)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageFolderError(f"{path}: not a readable picture ({exc}). Remove it from the "
-                               "folder or rename it (names containing 'jpg' or 'png' are read).") from None
+    with decoded_picture(path, FOLDER_FIX, ImageFolderError) as image:
+        _check_mode(path, image)
+        image.load()
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        elif image.mode == "1":
+            image = image.convert("L")
+        if image.mode == "RGBA":
+            image = image.convert("RGB")
+        return np.array(image)

@@ -11,12 +11,12 @@ cropped around its bounding box, resized to 304 and 76 px, and written to
 ``<data-dir>/<split>/304images.pickle`` and ``76images.pickle``.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from misc.cli import ArgumentParser
 from misc.preprocessing import MissingDataError, convert_dataset, require_path, run_cli
 
 CUB_HINT = ("download CUB_200_2011.tgz (Caltech-UCSD Birds-200-2011) and extract it "
@@ -26,10 +26,16 @@ EMBEDDINGS_HINT = ("download the StackGAN char-CNN-RNN text embeddings for birds
                    "{data_dir}/test hold filenames.pickle")
 
 
-def _read_columns(path):
-    """Split a whitespace-separated text file into lists of fields, skipping blank lines."""
-    with open(path, encoding="utf-8") as f:
-        return [line.split() for line in f if line.strip()]
+def _read_columns(path, width):
+    """Split a whitespace-separated text file into lists of ``width``
+    fields, skipping blank lines; a shorter line is a one-line error."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        rows = [(number, line.split()) for number, line in enumerate(f, start=1) if line.strip()]
+    for number, fields in rows:
+        if len(fields) < width:
+            raise MissingDataError(f"{path}: line {number} has {len(fields)} field(s), expected {width}; "
+                                   "re-extract CUB_200_2011.tgz")
+    return [fields for _, fields in rows]
 
 
 def read_bounding_boxes(cub_dir):
@@ -39,18 +45,23 @@ def read_bounding_boxes(cub_dir):
     ``<id> <x> <y> <width> <height>``; the two are joined on the id.  Box
     values may be written as floats and are truncated to int.
     """
-    paths = {fields[0]: fields[1] for fields in _read_columns(os.path.join(cub_dir, "images.txt"))}
+    paths = {fields[0]: fields[1] for fields in _read_columns(os.path.join(cub_dir, "images.txt"), 2)}
+    boxes_path = os.path.join(cub_dir, "bounding_boxes.txt")
     boxes = {}
-    for fields in _read_columns(os.path.join(cub_dir, "bounding_boxes.txt")):
+    for fields in _read_columns(boxes_path, 5):
         image_id, values = fields[0], fields[1:5]
         if image_id in paths:
             key = os.path.splitext(paths[image_id])[0]
-            boxes[key] = [int(float(v)) for v in values]
+            try:
+                boxes[key] = [int(float(v)) for v in values]
+            except (ValueError, OverflowError):
+                raise MissingDataError(f"{boxes_path}: the box of image {image_id} ({' '.join(values)}) "
+                                       "is not four numbers; re-extract CUB_200_2011.tgz") from None
     return boxes
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data/birds",
                         help="folder holding CUB_200_2011/, train/ and test/ (default: data/birds)")
     args = parser.parse_args(argv)

@@ -11,12 +11,12 @@ Each listed photograph is resized (no crop) to 304 and 76 px and written to
 ``<data-dir>/<split>/304images.pickle`` and ``76images.pickle``.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from misc.cli import ArgumentParser
 from misc.preprocessing import convert_dataset, require_path, run_cli
 
 IMAGES_HINT = ("download 102flowers.tgz (Oxford 102 Category Flower Dataset) and extract "
@@ -27,7 +27,7 @@ EMBEDDINGS_HINT = ("download the StackGAN char-CNN-RNN text embeddings for flowe
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data/flowers",
                         help="folder holding jpg/, train/ and test/ (default: data/flowers)")
     args = parser.parse_args(argv)

@@ -19,24 +19,32 @@ The second half of the module is the conversion loop that the
 """
 
 import os
+import pickle
 import sys
 
 import numpy as np
 from PIL import Image
 
 from misc import safe_pickle
-from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.atomic import WriteError, check_writable
+from misc.config import ConfigError
+from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE, DatasetError, file_names
+from misc.pictures import decoded_picture, open_picture
 
 SPLITS = ("train", "test")
 PROGRESS_EVERY = 100
 
 
-class MissingDataError(Exception):
+class MissingDataError(DatasetError):
     """A file or folder the preprocessing needs is not where it should be.
 
     The message is a single line naming the expected path and what to put
     there; the command-line scripts print it and exit with status 2.
     """
+
+
+# The fix for a photograph that cannot be read.
+PHOTO_FIX = "Replace it with the original photograph (re-extract the dataset images)."
 
 
 # --------------------------------------------------------------------------
@@ -58,8 +66,10 @@ def to_rgb(img):
 
 
 def load_rgb(path):
-    """Read an image file as uint8 RGB (H, W, 3) with Pillow."""
-    with Image.open(path) as im:
+    """Read an image file as uint8 RGB (H, W, 3) with Pillow; a file that
+    is not a readable picture, or is over Pillow's decompression-bomb limit,
+    is a one-line ``PictureError``."""
+    with decoded_picture(path, PHOTO_FIX) as im:
         # Pillow replicates grey into three channels and drops alpha without
         # compositing, which is what channel slicing did in the reference.
         return np.array(im.convert("RGB"))
@@ -147,64 +157,99 @@ def require_path(path, what_to_do):
         raise MissingDataError(f"{path} not found: {what_to_do}")
 
 
-def convert_split(split_dir, image_path_for_key, bbox_for_key=None,
-                  load_size=HR_LOAD_SIZE, lr_size=LR_LOAD_SIZE, log=print):
-    """Write ``<load_size>images.pickle`` and ``<lr_size>images.pickle`` for one split.
+def read_keys(split_dir):
+    """The image keys ``<split_dir>/filenames.pickle`` lists, checked (a
+    list of relative paths)."""
+    path = os.path.join(split_dir, "filenames.pickle")
+    try:
+        return file_names(safe_pickle.load(path), path)
+    except (pickle.UnpicklingError, OSError) as exc:
+        raise DatasetError(str(exc)) from None
 
-    The images are listed, in order, by ``<split_dir>/filenames.pickle``;
-    ``image_path_for_key(key)`` gives each file and ``bbox_for_key(key)``
-    (when given) its crop box.  Returns a summary dict.
-    """
-    split = os.path.basename(os.path.normpath(split_dir))
+
+def output_paths(split_dir, load_size=HR_LOAD_SIZE, lr_size=LR_LOAD_SIZE):
+    return [os.path.join(split_dir, f"{size}images.pickle") for size in (load_size, lr_size)]
+
+
+def plan_split(split_dir, image_path_for_key, bbox_for_key=None):
+    """[(image path, crop box or None)] of a split, every listed photograph
+    checked to exist and to be a picture within Pillow's decompression-bomb
+    limit (its header; a photograph whose data is damaged is found when it is
+    converted), its box to exist, and the outputs checked writable: all
+    before any photograph is converted."""
     filenames_path = os.path.join(split_dir, "filenames.pickle")
-    keys = safe_pickle.load(filenames_path)
-    hr_images, lr_images = [], []
-    for count, key in enumerate(keys, start=1):
+    plan = []
+    for key in read_keys(split_dir):
         path = image_path_for_key(key)
         if not os.path.isfile(path):
             raise MissingDataError(
                 f"{path} not found: it is listed in {filenames_path}; "
                 "the image folder is incomplete, re-extract the dataset images"
             )
-        bbox = bbox_for_key(key) if bbox_for_key is not None else None
-        hr = prepare_image(load_rgb(path), load_size, bbox)
+        open_picture(path, PHOTO_FIX).close()  # its header: a picture, within the bomb limit
+        plan.append((path, bbox_for_key(key) if bbox_for_key is not None else None))
+    for path in output_paths(split_dir):
+        check_writable(path)
+    return plan
+
+
+def convert_split(split_dir, plan, load_size=HR_LOAD_SIZE, lr_size=LR_LOAD_SIZE, log=print):
+    """Write ``<load_size>images.pickle`` and ``<lr_size>images.pickle`` for one split
+    from its ``plan_split``.  Returns a summary dict."""
+    split = os.path.basename(os.path.normpath(split_dir))
+    hr_images, lr_images = [], []
+    for count, (path, bbox) in enumerate(plan, start=1):
+        image = load_rgb(path)
+        try:
+            hr = prepare_image(image, load_size, bbox)
+        except ValueError as exc:  # e.g. a box outside the photograph: an empty crop
+            raise DatasetError(f"{path}: cannot crop and resize it with the box {bbox} ({exc}); "
+                               "check its bounding box.") from None
         hr_images.append(hr)
         lr_images.append(make_low_resolution(hr, lr_size))
         if count % PROGRESS_EVERY == 0:
-            log(f"{split}: {count}/{len(keys)} images")
+            log(f"{split}: {count}/{len(plan)} images")
 
     outputs = {}
-    for size, images in ((load_size, hr_images), (lr_size, lr_images)):
-        out_path = os.path.join(split_dir, f"{size}images.pickle")
+    for size, out_path, images in zip((load_size, lr_size), output_paths(split_dir, load_size, lr_size),
+                                      (hr_images, lr_images)):
         safe_pickle.dump(images, out_path)
         outputs[out_path] = (len(images), size, size, 3)
     described = ", ".join(
         f"{os.path.basename(p)} {shape} uint8" for p, shape in outputs.items())
-    log(f"{split}: {len(keys)} images -> {described}")
-    return {"split": split, "count": len(keys), "outputs": outputs}
+    log(f"{split}: {len(plan)} images -> {described}")
+    return {"split": split, "count": len(plan), "outputs": outputs}
 
 
 def convert_dataset(data_dir, image_path_for_key, bbox_for_key=None,
                     embeddings_hint="", splits=SPLITS, log=print):
     """Run ``convert_split`` on every split of ``data_dir``.
 
-    All splits' ``filenames.pickle`` are checked before any work starts;
-    ``embeddings_hint`` says where they come from.
+    All splits' ``filenames.pickle``, photographs, boxes and outputs are
+    checked before any work starts; ``embeddings_hint`` says where the file
+    lists come from.
     """
     for split in splits:
         require_path(os.path.join(data_dir, split, "filenames.pickle"), embeddings_hint)
-    summaries = [convert_split(os.path.join(data_dir, split), image_path_for_key,
-                               bbox_for_key, log=log) for split in splits]
+    plans = [(os.path.join(data_dir, split), plan_split(os.path.join(data_dir, split), image_path_for_key,
+                                                         bbox_for_key)) for split in splits]
+    summaries = [convert_split(split_dir, plan, log=log) for split_dir, plan in plans]
     total = sum(s["count"] for s in summaries)
     log(f"done: {total} images in {len(summaries)} splits under {data_dir}")
     return summaries
 
 
 def run_cli(main, argv=None):
-    """Call ``main(argv)``; a ``MissingDataError`` becomes one stderr line and status 2."""
+    """Call ``main(argv)``; bad input (a ``DatasetError``: missing or
+    unreadable files; a ``ConfigError``: an argument) or a failed write
+    becomes one stderr line and status 2, Ctrl-C status 130 (what was
+    written is complete)."""
     try:
         main(argv)
-    except MissingDataError as exc:
+    except (DatasetError, ConfigError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C).", file=sys.stderr)
+        return 130
     return 0

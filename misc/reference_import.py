@@ -68,6 +68,10 @@ def import_reference_checkpoint(gan, path, trainable_only=False, scopes=None,
     variables are all loaded, when the checkpoint has it.
     """
     ckpt = ReferenceCheckpoint(path)
+    if network_type not in (None, "default") and "hr_generator" in gan.networks():
+        raise CheckpointError(
+            f"{path}: holds a '{network_type}' Stage-I network; Stage-II builds on the 'default' "
+            "Stage-I network only. Start Stage-II from a Stage-I checkpoint of the 'default' network.")
     wanted = network_variables(gan, trainable_only)
     if scopes is not None:
         wanted = {n: v for n, v in wanted.items() if n.split("/", 1)[0] in scopes}

@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 NETWORK_SCOPES = ("g_net", "d_net", "hr_g_net", "hr_d_net")
+# A variable only the 'simple' Stage-I generator has.
+SIMPLE_MARKER = "g_net/custom_deconv2d/custom_deconv2d/w"
 
 # Reference variables that are not model state: optimizer slots and step
 # counters, and TF 0.12's batch-norm zero-debias shadows.
@@ -106,22 +108,33 @@ class ReferenceCheckpoint:
 
     def check(self, plan, network_type=None):
         """Raise a one-line ``CheckpointError`` when the plan leaves a model
-        variable unfilled or finds one with another shape."""
+        variable unfilled or finds one with another shape.  ``network_type``
+        (the checkpoint's Stage-I network) is named as the cause only when
+        the networks built are of another type."""
+        if not (plan.mismatched or plan.missing):
+            return
+        built = plan.matched + plan.missing + [name for name, _, _ in plan.mismatched]
+        model_type = "simple" if SIMPLE_MARKER in built else "default"
+        other_type = network_type not in (None, model_type) and any(n.startswith("g_net/") for n in built)
+        if other_type:
+            cause = (f"the checkpoint holds a '{network_type}' Stage-I network and the config builds a "
+                     f"'{model_type}' one; set GAN.NETWORK_TYPE: {network_type} in the config")
         if plan.mismatched:
             name, ckpt_shape, model_shape = plan.mismatched[0]
+            if not other_type:
+                cause = (f"the checkpoint was trained with "
+                         f"{describe_dimensions(reference_dimensions(self.shapes))}; use a config with these "
+                         "values (and the dataset's text embeddings)")
             raise CheckpointError(
                 f"{self.path}: {len(plan.mismatched)} variable(s) have another shape than in the "
                 f"models built from the config, e.g. {name}: checkpoint {list(ckpt_shape)}, model "
-                f"{list(model_shape)}. The checkpoint was trained with "
-                f"{describe_dimensions(reference_dimensions(self.shapes))}; use a config with these "
-                "values (and the dataset's text embeddings).")
-        if plan.missing:
-            hint = ("another network: GAN.NETWORK_TYPE, or a Stage-I checkpoint where Stage-II "
-                    "is needed" if network_type is None else
-                    f"another network: set GAN.NETWORK_TYPE: {network_type} in the config")
-            raise CheckpointError(
-                f"{self.path}: {len(plan.missing)} model variable(s) are not in the checkpoint, "
-                f"e.g. {', '.join(plan.missing[:3])}; it was written by {hint}.")
+                f"{list(model_shape)}; {cause}.")
+        if not other_type:
+            cause = ("the checkpoint lacks them: it is incomplete, or holds other networks (e.g. a "
+                     "Stage-I checkpoint where Stage-II is needed); use the checkpoint of this model")
+        raise CheckpointError(
+            f"{self.path}: {len(plan.missing)} model variable(s) are not in the checkpoint, "
+            f"e.g. {', '.join(plan.missing[:3])}; {cause}.")
 
     def load(self, variables, scopes=None, network_type=None):
         """Copy checkpoint values into ``variables`` ({reference name: variable})

@@ -19,8 +19,9 @@ import yaml
 from PIL import Image
 
 from demo import demo as demo_script
+from fault_points import one_line_error
 from golden_support import TEXT_DIM, assert_close, load_arrays, tiny_config, unpack_checkpoint
-from misc import experiment, safe_pickle
+from misc import safe_pickle
 from misc.checkpoints import training_checkpoint
 from misc.sampling import draw_noise
 from misc.text_encoder import encode_captions
@@ -65,13 +66,7 @@ def load_npz(path):
 
 def demo_error(argv, capsys):
     """Run the demo as its __main__ does; return the one-line error."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        experiment.run_main(demo_script.main, argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+    return one_line_error(demo_script.main, argv, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +215,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, native_stage_i, stage_i
     a_file = write_lines(str(tmp_path / "a_file"), ["not a folder"])
     before = sorted(os.listdir(tmp_path))
     cases = [
-        (["--caption_path", str(deep_t7)], ["deep.t7", "nested deeper than 200 levels"]),
+        (["--caption_path", str(deep_t7)], ["deep.t7", "nested deeper than 10000 levels"]),
         (["--caption", "a bird", "--out", a_file], [a_file, "not a folder"]),
         (["--caption", "a bird", "--save-arrays", str(tmp_path)], [str(tmp_path), "is a folder"]),
         (["--caption", "a bird", "--gpu", "-2"], ["--gpu -2", "GPU id"]),
@@ -284,3 +279,88 @@ def test_drawn_noise_is_seeded_and_eps_truncated_at_two_sigma():
         # a standard normal cut at +-2 has mean 0 and standard deviation 0.8796
         assert abs(float(first[key].mean())) < 0.01 and abs(float(first[key].std()) - 0.8796) < 0.005
     assert np.max(np.abs(first["z"])) > 3.0 and abs(float(first["z"].std()) - 1.0) < 0.005
+
+
+def test_hostile_inputs_and_outputs_are_refused_before_the_model_is_loaded(tmp_path, capsys, monkeypatch,
+                                                                           native_stage_i):
+    """Issue 24: one line each, naming the option as typed; nothing written."""
+    _, prefix = native_stage_i
+    cfg = write_config(str(tmp_path / "ours.yml"), prefix)
+
+    def no_sampling(*_args, **_kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(demo_script, "load_generator", no_sampling)
+    np.savez_compressed(tmp_path / "bomb.npz", z=np.zeros((20000, 10000), np.float32))  # 800 MB inflated
+    np.save(tmp_path / "claims.npy", np.zeros((2, TEXT_DIM), np.float32))
+    data = (tmp_path / "claims.npy").read_bytes()
+    (tmp_path / "claims.npy").write_bytes(data.replace(b"'shape': (2, 32)", b"'shape': (99999999, 32)"))
+    write_lines(str(tmp_path / "claims.txt"), ["a", "b"])
+    (tmp_path / "sized.pickle").write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x94\x35\x77\x85R.")
+    write_lines(str(tmp_path / "sized.txt"), ["a"])
+    np.savez(tmp_path / "nan.npz", z=np.full((1, 10), np.nan, np.float32), eps=np.zeros((1, 16), np.float32))
+    np.savez(tmp_path / "text.npz", z=np.array([["a"] * 10]), eps=np.zeros((1, 16), np.float32))
+    os.mkfifo(tmp_path / "captions.fifo")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "sheets" / "sentence0.jpg").mkdir(parents=True)
+    before = sorted(os.listdir(tmp_path))
+    typed = ["--cfg", cfg, "--caption", "a bird"]
+    cases = [
+        (typed + ["--seed", "-1"], ["--seed -1: must be from 0 to"]),
+        (typed + ["--noise", str(tmp_path / "bomb.npz")], ["bomb.npz", "z.npy", "more than the"]),
+        (typed + ["--noise", str(tmp_path / "captions.fifo")], ["--noise", "is a FIFO"]),
+        (typed + ["--noise", str(tmp_path / "nan.npz")], ["nan.npz", "'z' holds float32 values"]),
+        (typed + ["--noise", str(tmp_path / "text.npz")], ["text.npz", "'z' holds <U1 values"]),
+        (["--cfg", cfg, "--caption_path", str(tmp_path / "claims.npy")],
+         ["claims.npy", "shape [99999999, 32]", "more than the"]),
+        (["--cfg", cfg, "--caption_path", str(tmp_path / "sized.pickle")],
+         ["sized.pickle", "refused", "bytes(2000000000,)"]),
+        (["--cfg", cfg, "--caption_path", str(tmp_path / "captions.fifo")], ["--caption_path", "is a FIFO"]),
+        (typed + ["--checkpoint", str(tmp_path / "missing")], ["missing", "Check --checkpoint"]),
+        (typed + ["--checkpoint", prefix + ".index"], ["one of the files", "give --checkpoint"]),
+        (typed + ["--out", str(tmp_path / "a_file" / "sheets")], ["--out", "a_file is not a folder"]),
+        (typed + ["--out", str(tmp_path / "sheets")], ["sentence0.jpg", "is a folder"]),
+        (typed + ["--save-arrays", str(tmp_path / "a_file" / "raw.npz")], ["--save-arrays", "not a folder"]),
+        (typed + ["--gpu", "two"], ["argument --gpu: invalid int value: 'two'"]),
+        (typed + ["--save-arrays", cfg], ["--save-arrays", "an input of this command"]),
+        (typed + ["--save-arrays", prefix + ".index"], ["an input of this command"]),
+    ]
+    for argv, parts in cases:
+        err = demo_error(argv, capsys)
+        for part in parts:
+            assert part in err, (argv, err)
+    assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "sheets") == ["sentence0.jpg"]
+
+
+def test_sheets_and_arrays_go_through_links_and_to_devices(tmp_path, native_stage_i, monkeypatch):
+    _, prefix = native_stage_i
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config("ours.yml", prefix)
+    os.makedirs("real_sheets")
+    os.symlink("real_sheets", "sheets")  # --out a link to a folder
+    os.makedirs("kept")
+    os.symlink(os.path.join("..", "kept", "first.jpg"), os.path.join("real_sheets", "sentence0.jpg"))
+    written = demo_script.main(["--cfg", cfg, "--caption", "a red bird", "--caption", "a blue bird",
+                                "--out", "sheets", "--save-arrays", "/dev/null"])
+    assert len(written) == 2 and os.path.islink(os.path.join("real_sheets", "sentence0.jpg"))
+    with Image.open(os.path.join("kept", "first.jpg")) as sheet:  # the link's target holds the sheet
+        assert sheet.size == (64, 64 + 64)
+    assert sorted(os.listdir("real_sheets")) == ["sentence0.jpg", "sentence1.jpg"]
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    demo_script.main(["--cfg", cfg, "--caption", "a green bird"])  # typed captions, no --out
+    assert os.listdir(os.path.join("outputs", "demo")) == ["sentence0.jpg"]
+
+
+def test_a_config_that_does_not_fit_gives_its_one_line_alone(tmp_path, native_stage_i):
+    """TensorFlow used to log every value it had not restored (169 lines)
+    after the one-line error."""
+    _, prefix = native_stage_i
+    cfg = write_config(str(tmp_path / "wide.yml"), prefix, gf_dim=32)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "demo/demo.py", "--cfg", cfg, "--caption", "a bird", "--out",
+                             str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {prefix}: does not fit the models built from this config")
+    assert result.stderr.count("\n") == 1, result.stderr[:3000]
+    assert not os.path.exists(tmp_path / "out")

@@ -11,8 +11,10 @@ import types
 import numpy as np
 import pytest
 
+import hostile_files
 import inception_support
-from misc import experiment
+from fault_points import one_line_error
+from misc import evaluate as evaluate_module
 from misc.checkpoints import training_checkpoint
 from misc.config import load_config
 from misc.datasets import load_dataset
@@ -83,7 +85,8 @@ def expected_score(model, prefix, scorer, count, batch_size, splits, seed):
     return inception_score(probabilities[chosen], splits)[:2]
 
 
-def test_a_stage_ii_model_with_fid(model, inception, scorer, capsys):
+def test_a_stage_ii_model_with_fid(model, inception, scorer, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output goes to outputs/ of the current folder
     result = main(["--cfg", model.cfg, "--checkpoint", model.prefix, "--inception", inception,
                    "--fid-weights", model.graph, "--batch-size", "4", "--splits", "2", "--seed", "3"])
     assert result["pictures"] == 8 and result["scored"] == 8 and result["resolution"] == 256
@@ -92,7 +95,7 @@ def test_a_stage_ii_model_with_fid(model, inception, scorer, capsys):
     assert result["inception_score"]["mean"] == pytest.approx(mean, abs=1e-6)
     assert result["inception_score"]["std"] == pytest.approx(std, abs=1e-6)
     assert np.isfinite(result["fid"]) and result["fid"] > 0 and result["fid_real_images"] == 4
-    with open(model.prefix + "_evaluation.json") as f:
+    with open(os.path.join("outputs", "evaluation", "run_model-7_evaluation.json")) as f:
         assert json.load(f) == json.loads(json.dumps(result))
     cache = os.path.join(model.root, "data", "tiny", "test", "fid_statistics_256.npz")
     assert os.path.isfile(cache)
@@ -122,7 +125,8 @@ def test_samples_take_the_captions_in_turn():
                               emb[2, 1, 0], emb[0, 0, 0], emb[1, 0, 0]]
 
 
-def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path):
+def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     folder = shutil.copytree(inception_support.IMAGES_DIR, str(tmp_path / "samples"))
     meta, golden = inception_support.meta(), inception_support.golden()
     flags = meta["flags"]
@@ -136,20 +140,15 @@ def test_a_folder_is_scored_as_the_authors_script_scores_it(inception, tmp_path)
     assert result["inception_score"]["mean"] == pytest.approx(mean, abs=1e-4)
     assert result["inception_score"]["std"] == pytest.approx(std, abs=1e-4)
     assert result["pictures"] == 10 and result["scored"] == 8
-    assert os.path.isfile(folder + "_evaluation.json")
+    assert os.listdir(os.path.join("outputs", "evaluation")) == ["samples_evaluation.json"]
 
 
 def run_error(argv, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        experiment.run_main(main, argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+    return one_line_error(main, argv, capsys)
 
 
-def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, capsys):
+def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     before = set(glob.glob(str(model.root / "**"), recursive=True))
     base = ["--cfg", model.cfg, "--checkpoint", model.prefix]
     missing = str(tmp_path / "model.ckpt-5000")
@@ -176,4 +175,95 @@ def test_bad_inputs_give_one_line_and_write_nothing(model, inception, tmp_path, 
     assert "--cfg" in run_error(["--images", str(folder), "--inception", inception,
                                  "--fid-weights", model.graph], capsys)
     assert set(glob.glob(str(model.root / "**"), recursive=True)) == before
-    assert not glob.glob(str(tmp_path / "*_evaluation.json"))
+    assert not os.path.exists("outputs")
+
+
+def test_hostile_arguments_and_inputs_are_refused_before_the_work(model, inception, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Issue 24: every argument and input is checked before the first picture
+    is drawn or scored (scoring here would fail the test), each with one line
+    naming the option as typed, nothing written."""
+    monkeypatch.chdir(tmp_path)
+
+    def no_scoring(*_args, **_kwargs):
+        raise AssertionError("the scoring started")
+
+    monkeypatch.setattr(evaluate_module, "InceptionScorer", no_scoring)
+    before = set(glob.glob(str(model.root / "**"), recursive=True))
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    for name in os.listdir(os.path.dirname(model.prefix)):
+        shutil.copy(os.path.join(os.path.dirname(model.prefix), name), checkpoint)
+    os.remove(checkpoint / "model-7.data-00000-of-00001")
+    inception_data = open(inception, "rb").read()
+    (tmp_path / "truncated.ckpt").write_bytes(hostile_files.truncated(inception_data, 0.9))
+    (tmp_path / "flipped.ckpt").write_bytes(hostile_files.bit_flipped(inception_data, 0.6))
+    os.mkfifo(tmp_path / "graph.fifo")
+    run_folder = tmp_path / "run"  # its state file names a snapshot that was deleted
+    run_folder.mkdir()
+    (run_folder / "checkpoint").write_text('model_checkpoint_path: "model-9"\n')
+    base = ["--cfg", model.cfg, "--inception", inception, "--batch-size", "4", "--splits", "2"]
+    sample = base + ["--checkpoint", model.prefix]
+    cases = [
+        (sample + ["--seed", "-1"], ["--seed -1: must be from 0 to 4,294,967,295"]),
+        (sample + ["--seed", "4294967296"], ["--seed 4294967296"]),
+        (sample + ["--seed", "one"], ["argument --seed: invalid int value: 'one'"]),
+        (sample + ["--num-samples", "10000000000"], ["--num-samples 10000000000: must be from 1 to 100,000"]),
+        (sample + ["--num-samples", "-5"], ["--num-samples -5"]),
+        (sample + ["--batch-size", "1000000"], ["--batch-size 1000000"]),
+        (sample + ["--splits", "0"], ["--splits 0"]),
+        (sample + ["--gpu", "x"], ["--gpu 'x': give GPU ids"]),
+        (sample + ["--json", str(tmp_path)], ["--json", "is a folder"]),
+        (sample + ["--json", str(tmp_path / "a_file" / "x.json")], ["a_file is not a folder"]),
+        (sample + ["--json", str(tmp_path / "loop.json")], ["a loop of symbolic links"]),
+        (sample + ["--json", model.prefix + ".index"], ["--json", "an input of this command"]),
+        (sample + ["--json", model.cfg], [f"is {model.cfg}, an input of this command"]),
+        (base + ["--checkpoint", model.prefix + ".index"],
+         ["one of the files of the checkpoint", f"give --checkpoint the checkpoint's prefix {model.prefix}"]),
+        (base + ["--checkpoint", str(tmp_path / "nothing")], ["checkpoint not found", "Check --checkpoint"]),
+        (base + ["--checkpoint", str(checkpoint / "model-7")], ["model-7.data-*", "missing"]),
+        (base + ["--checkpoint", str(run_folder)],
+         ["names model-9 as the newest snapshot", "model-9.index is missing"]),
+        (sample[:2] + sample[4:] + ["--inception", str(tmp_path / "truncated.ckpt")],
+         ["truncated.ckpt", "a damaged one"]),
+        (sample[:2] + sample[4:] + ["--inception", str(tmp_path / "flipped.ckpt")],
+         ["flipped.ckpt", "Download the authors' model.ckpt-5000 again"]),
+        (sample + ["--fid-weights", str(tmp_path / "graph.fifo")], ["graph.fifo", "is a FIFO"]),
+        (sample + ["--fid-weights", str(tmp_path)], ["--fid-weights", "is a folder"]),
+    ]
+    for argv, parts in cases:
+        err = run_error(argv, capsys)
+        for part in parts:
+            assert part in err, (argv, err)
+    folder = tmp_path / "pictures"
+    shutil.copytree(inception_support.IMAGES_DIR, folder)
+    (folder / "huge.png").write_bytes(hostile_files.png_claiming(20000, 20000))
+    images = ["--images", str(folder), "--inception", inception, "--batch-size", "2", "--splits", "2"]
+    err = run_error(images, capsys)
+    assert "huge.png: 400,000,000 pixels, above Pillow's decompression-bomb limit" in err, err
+    os.remove(folder / "huge.png")
+    whole = (folder / os.listdir(folder)[0]).read_bytes()
+    (folder / "cut.png").write_bytes(hostile_files.truncated(whole, 0.6))
+    err = run_error(images, capsys)
+    assert "cut.png: not a readable picture" in err, err
+    assert set(glob.glob(str(model.root / "**"), recursive=True)) == before
+    assert not os.path.exists("outputs")
+
+
+def test_the_result_reaches_dev_stdout_without_replacing_it(inception, tmp_path, capfd, monkeypatch):
+    """--json /dev/stdout prints the result after the table (a link such as
+    link.json is written through like any output: tests/test_atomic.py)."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for name in sorted(os.listdir(inception_support.IMAGES_DIR))[:4]:
+        shutil.copy(os.path.join(inception_support.IMAGES_DIR, name), folder)
+    capfd.readouterr()
+    main(["--images", str(folder), "--inception", inception, "--batch-size", "2", "--splits", "2",
+          "--json", "/dev/stdout"])
+    out = capfd.readouterr().out
+    written = out[out.index("{\n"):out.index("}\nWritten to /dev/stdout") + 1]
+    assert json.loads(written)["pictures"] == 4 and out.index("Inception Score") < out.index("{\n")
+    assert os.path.islink("/dev/stdout") and os.listdir(tmp_path) == ["samples"]

@@ -1,13 +1,19 @@
-"""misc/fid.py: Fréchet distance, the FID graph's feature path, cached statistics."""
+"""misc/fid.py: Fréchet distance, the FID graph's feature path, cached
+statistics (a damaged, odd, read-only or half-written cache never stops
+the evaluation: issue 24)."""
 
+import errno
 import os
+import stat
+import sys
 
 import numpy as np
 import pytest
 import scipy.linalg
 import tensorflow as tf
 
-from misc import fid
+from fault_points import kill, start_until_ready
+from misc import atomic, fid
 from misc.fid import FidGraph, cached_statistics, frechet_distance, statistics
 from misc.inception import InceptionError
 
@@ -145,3 +151,155 @@ def test_real_statistics_are_cached_by_content(tmp_path):
     assert not cached_statistics(cache, changed, graph, batch_size=3)[2] and graph.pictures == 7
     other_graph = CountingGraph(FidGraph(write_fid_graph(str(tmp_path / "other.pb"), seed=1)[0]))
     assert not cached_statistics(cache, changed, other_graph, batch_size=3)[2]
+
+
+# -- a damaged, odd or unwritable cache (issue 24) -------------------------------------
+
+@pytest.fixture
+def cache_case(tmp_path):
+    """A small graph, 5 pictures, a valid cache of their statistics and the
+    fresh statistics to compare with."""
+    path, _ = write_fid_graph(str(tmp_path / "graph.pb"))
+    graph = CountingGraph(FidGraph(path))
+    images = np.random.default_rng(6).integers(0, 256, (5, 24, 24, 3)).astype(np.uint8)
+    cache = tmp_path / "data" / "test" / "fid_statistics_24.npz"
+    expected = cached_statistics(str(cache), images, graph, batch_size=2)[:2]
+    graph.pictures = 0
+    return graph, images, cache, expected
+
+
+def key_of(cache):
+    with np.load(cache) as data:
+        return data["key"]
+
+
+def assert_recomputed(cache_case, warning):
+    graph, images, cache, expected = cache_case
+    lines = []
+    mu, sigma, cached = cached_statistics(str(cache), images, graph, batch_size=2, log=lines.append)
+    assert not cached and graph.pictures == len(images)
+    np.testing.assert_array_equal(mu, expected[0])
+    np.testing.assert_array_equal(sigma, expected[1])
+    if warning is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(f"warning: FID statistics cache {cache}") \
+            and warning in lines[0], lines
+    graph.pictures = 0
+    return lines
+
+
+@pytest.mark.parametrize("damage, warning", [
+    ("truncated", "unreadable"),
+    ("bit flip", "Bad CRC-32"),
+    ("not a zip", "unreadable"),
+    ("3-d statistics", "of shapes [64] and [64, 64, 1]"),
+    ("NaN sigma", "not finite numbers"),
+    ("wrong width", "of shapes [3] and [3, 3]"),
+    ("huge member", "more than the"),
+])
+def test_a_damaged_cache_is_recomputed_with_a_warning_and_rewritten(cache_case, damage, warning):
+    graph, images, cache, expected = cache_case
+    data = cache.read_bytes()
+    key = key_of(cache)
+    if damage == "truncated":
+        cache.write_bytes(data[:len(data) // 2])
+    elif damage == "bit flip":  # in the middle of sigma's stored data: the member's CRC fails
+        middle = len(data) // 2
+        cache.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
+    elif damage == "not a zip":
+        cache.write_bytes(b"\x00" * 100)
+    elif damage == "3-d statistics":
+        np.savez(cache, mu=expected[0], sigma=expected[1][..., None], key=key)
+    elif damage == "NaN sigma":
+        np.savez(cache, mu=expected[0], sigma=np.full_like(expected[1], np.nan), key=key)
+    elif damage == "wrong width":
+        np.savez(cache, mu=np.zeros(3), sigma=np.eye(3), key=key)
+    else:  # 32 MB of zeros in 30 kilobytes: refused from its header, never inflated
+        np.savez_compressed(cache, mu=expected[0], sigma=np.zeros((2000, 2000)), key=key)
+    assert_recomputed(cache_case, warning)
+    assert cached_statistics(str(cache), images, graph, batch_size=2)[2]  # rewritten: read back
+    assert graph.pictures == 0
+
+
+def test_a_cache_that_is_not_a_file_is_neither_read_nor_written(cache_case):
+    graph, images, cache, expected = cache_case
+    cache.unlink()
+    cache.mkdir()
+    assert_recomputed(cache_case, "not a regular file")
+    assert cache.is_dir() and os.listdir(cache) == []
+    cache.rmdir()
+    os.mkfifo(cache)  # reading it would wait for a writer for ever
+    assert_recomputed(cache_case, "not a regular file")
+    assert stat.S_ISFIFO(os.lstat(cache).st_mode)
+
+
+def test_a_symlinked_cache_is_read_and_written_through(cache_case, tmp_path):
+    graph, images, cache, expected = cache_case
+    elsewhere = tmp_path / "shared" / "statistics.npz"
+    elsewhere.parent.mkdir()
+    cache.rename(elsewhere)
+    cache.symlink_to(elsewhere)
+    assert cached_statistics(str(cache), images, graph, batch_size=2)[2]
+    changed = images.copy()
+    changed[0, 0, 0, 0] ^= 1  # other pictures: recomputed and written through the link
+    assert not cached_statistics(str(cache), changed, graph, batch_size=2)[2]
+    assert cache.is_symlink() and os.readlink(cache) == str(elsewhere)
+    assert cached_statistics(str(elsewhere), changed, graph, batch_size=2)[2]
+
+
+def test_a_read_only_dataset_folder_still_gives_the_statistics(cache_case, monkeypatch):
+    graph, images, cache, expected = cache_case
+    cache.unlink()
+    folder = cache.parent
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):  # root writes anyway: make creating a file there fail as it would
+            real_mkstemp = atomic.tempfile.mkstemp
+
+            def refused(*args, dir=None, **kwargs):
+                if os.path.samefile(dir, folder):
+                    raise PermissionError(errno.EACCES, "Permission denied")
+                return real_mkstemp(*args, dir=dir, **kwargs)
+
+            monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)
+        lines = []
+        mu, sigma, cached = cached_statistics(str(cache), images, graph, batch_size=2, log=lines.append)
+    finally:
+        folder.chmod(0o755)
+    np.testing.assert_array_equal(mu, expected[0])
+    assert not cached and len(lines) == 1 and lines[0].startswith("warning: FID statistics not cached: ")
+    assert "Permission denied" in lines[0] and os.listdir(folder) == []
+
+
+KILLED_IN_CACHE_WRITE = """
+import sys, time
+import numpy as np
+from misc import fid
+
+def write_half_then_hang(f, **arrays):
+    f.write(b"PK half a cache")
+    f.flush()
+    open(sys.argv[3], "w").close()
+    time.sleep(600)
+
+fid.np.savez = write_half_then_hang
+images = np.load(sys.argv[2])
+fid.cached_statistics(sys.argv[4], images, fid.FidGraph(sys.argv[1]), batch_size=2)
+"""
+
+
+def test_a_kill_while_the_cache_is_written_leaves_nothing_the_next_run_keeps(tmp_path):
+    graph_path, _ = write_fid_graph(str(tmp_path / "graph.pb"))
+    images = np.random.default_rng(7).integers(0, 256, (4, 24, 24, 3)).astype(np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    cache = tmp_path / "test" / "fid_statistics_24.npz"
+    ready = tmp_path / "ready"
+    kill(start_until_ready([sys.executable, "-c", KILLED_IN_CACHE_WRITE, graph_path,
+                            str(tmp_path / "images.npy"), str(ready), str(cache)], ready))
+    (leftover,) = os.listdir(cache.parent)
+    assert leftover.startswith(".tmp-") and leftover.endswith("-fid_statistics_24.npz")
+    graph = CountingGraph(FidGraph(graph_path))
+    mu, sigma, cached = cached_statistics(str(cache), images, graph, batch_size=2)
+    assert not cached and os.listdir(cache.parent) == ["fid_statistics_24.npz"]
+    assert cached_statistics(str(cache), images, graph, batch_size=2)[2]

@@ -1,4 +1,5 @@
-"""Tests for misc/preprocessing.py and the birds/flowers preprocessing scripts."""
+"""Tests for misc/preprocessing.py and the birds/flowers preprocessing scripts,
+including their hostile inputs (issue 24)."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hostile_files
 from misc import safe_pickle
 from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
 from misc.preprocessing import bytescale, custom_crop, load_rgb, prepare_image, resize_bicubic
@@ -190,3 +192,41 @@ def test_missing_split_lists_and_images_are_named(tmp_path):
     os.remove(missing)
     result = run_script("preprocess_birds.py", "--data-dir", str(tmp_path))
     assert_one_line_error(result, str(missing))
+
+
+def test_hostile_photographs_lists_and_outputs_give_one_line_before_any_output(tmp_path):
+    """Issue 24: a decompression bomb among the photographs, a file list that
+    allocates from a size or leaves the folder, a malformed box file and an
+    output that is a folder are each one line, before any pickle is written."""
+    cub, _ = make_fake_cub(tmp_path, np.random.default_rng(4))
+    photo = cub / "images" / "001.Black_footed_Albatross" / "Black_Footed_Albatross_0002_2.jpg"
+    good = photo.read_bytes()
+    photo.write_bytes(hostile_files.png_claiming(20000, 20000))
+    assert_one_line_error(run_script("preprocess_birds.py", "--data-dir", str(tmp_path)), str(photo),
+                          "400,000,000 pixels, above Pillow's decompression-bomb limit")
+    photo.write_bytes(good)
+    names = tmp_path / "test" / "filenames.pickle"
+    keys = names.read_bytes()
+    names.write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x94\x35\x77\x85R.")
+    assert_one_line_error(run_script("preprocess_birds.py", "--data-dir", str(tmp_path)), str(names),
+                          "bytes(2000000000,)")
+    safe_pickle.dump(["../../../etc/passwd"], str(names))
+    assert_one_line_error(run_script("preprocess_birds.py", "--data-dir", str(tmp_path)), str(names),
+                          "contains a '..' component")
+    names.write_bytes(keys)
+    boxes = cub / "bounding_boxes.txt"
+    box_lines = boxes.read_text()
+    boxes.write_text(box_lines.replace("5 20 50.7 70.2", "5 20 wide 70.2"))
+    assert_one_line_error(run_script("preprocess_birds.py", "--data-dir", str(tmp_path)), str(boxes),
+                          "is not four numbers")
+    boxes.write_text(box_lines + "4 7\n")
+    assert_one_line_error(run_script("preprocess_birds.py", "--data-dir", str(tmp_path)), str(boxes),
+                          "line 4 has 2 field(s), expected 5")
+    boxes.write_text(box_lines)
+    (tmp_path / "test" / f"{LR_LOAD_SIZE}images.pickle").mkdir()
+    assert_one_line_error(run_script("preprocess_birds.py", "--data-dir", str(tmp_path)),
+                          f"{LR_LOAD_SIZE}images.pickle", "is a folder")
+    for split in ("train", "test"):
+        assert sorted(os.listdir(tmp_path / split)) in (["filenames.pickle"],
+                                                        ["76images.pickle", "filenames.pickle"])
+    assert not (tmp_path / "train" / f"{HR_LOAD_SIZE}images.pickle").exists()

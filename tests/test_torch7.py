@@ -10,7 +10,10 @@ and the storage object; storages as a long count and the raw elements.
 ``tests/test_demo.py`` uses it to write ``get_embedding.lua``-style files.
 """
 
+import os
+import re
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -44,7 +47,48 @@ class T7Object:
 
 
 class LuaFunction:
-    pass
+    """A Lua function record: ``code`` TYPE_RECUR_FUNCTION (referenced by
+    index, as torch.save writes functions today), its legacy form, or the
+    old unreferenced TYPE_FUNCTION; bytecode (never run) and upvalues."""
+
+    def __init__(self, bytecode=b"\x1bLJ\x01\x02fake bytecode", upvalues=None,
+                 code=torch7.TYPE_RECUR_FUNCTION):
+        self.bytecode, self.upvalues, self.code = bytecode, {} if upvalues is None else upvalues, code
+
+
+class LuaTable:
+    """A Lua table whose keys may be any object (tables, graph nodes): Lua
+    compares strings and numbers by value, everything else by identity.
+    Entries are written in insertion order."""
+
+    def __init__(self, items=()):
+        self.items, self._where = [], {}
+        for key, value in items:
+            self[key] = value
+
+    @staticmethod
+    def _identity(key):
+        return ("value", type(key), key) if isinstance(key, (str, int, float, bool)) else ("object", id(key))
+
+    def __setitem__(self, key, value):
+        where = self._where.setdefault(self._identity(key), len(self.items))
+        if where == len(self.items):
+            self.items.append((key, value))
+        else:
+            self.items[where] = (key, value)
+
+    def __getitem__(self, key):
+        return self.items[self._where[self._identity(key)]][1]
+
+    def __contains__(self, key):
+        return self._identity(key) in self._where
+
+    def array(self):
+        """The values at keys 1, 2, ... (Lua's ipairs)."""
+        values = []
+        while len(values) + 1 in self:
+            values.append(self[len(values) + 1])
+        return values
 
 
 class Torch7Writer:
@@ -88,12 +132,25 @@ class Torch7Writer:
         elif isinstance(obj, (int, float)):
             self.int(torch7.TYPE_NUMBER)
             self.out += struct.pack("<d", float(obj))
-        elif isinstance(obj, str):
+        elif isinstance(obj, (str, bytes)):
             self.int(torch7.TYPE_STRING)
-            self.raw_string(obj)
+            data = obj.encode("utf-8") if isinstance(obj, str) else obj
+            self.int(len(data))
+            self.out += data
         elif isinstance(obj, LuaFunction):
-            self.int(torch7.TYPE_FUNCTION)
-            self.int(0)
+            if obj.code == torch7.TYPE_FUNCTION:
+                self.int(obj.code)
+            elif self.reference(obj.code, obj):
+                return self
+            self.int(len(obj.bytecode))
+            self.out += obj.bytecode
+            self.write(obj.upvalues)
+        elif isinstance(obj, LuaTable):
+            if not self.reference(torch7.TYPE_TABLE, obj):
+                self.int(len(obj.items))
+                for key, value in obj.items:
+                    self.write(key)
+                    self.write(value)
         elif isinstance(obj, np.ndarray):
             element = CLASS_OF_DTYPE[obj.dtype]
             strides = [s // obj.itemsize for s in np.ascontiguousarray(obj).strides]
@@ -222,15 +279,150 @@ def test_empty_tensor_and_tensor_without_storage():
 
 def test_broken_files_are_errors(tmp_path):
     good = t7_bytes({"raw_txt": ["a"], "fea_txt": [np.ones((1, 4), np.float32)]})
-    for data, message in ((good[:-3], "truncated"), (b"\x09\x00\x00\x00", "unknown object type"),
-                          (b"", "truncated"), (t7_bytes(LuaFunction()), "Lua function"),
-                          (t7_bytes(T7Tensor(T7Storage(np.zeros(4, np.float32)), [3], [2])), "run past")):
+    cases = [(good[:-3], "4 elements in the 13 bytes left"), (b"\x09\x00\x00\x00", "unknown object type"),
+             (b"", "truncated"), (t7_bytes(LuaFunction())[:-4], "truncated"),
+             (t7_bytes(T7Tensor(T7Storage(np.zeros(4, np.float32)), [3], [2])), "run past")]
+    for data, message in cases:
         with pytest.raises(torch7.Torch7Error, match=message):
             torch7.loads(data, source="x.t7")
     path = tmp_path / "random.t7"
     path.write_bytes(np.random.default_rng(1).bytes(300))
     with pytest.raises(torch7.Torch7Error, match="random.t7"):
         torch7.load(str(path))
+
+
+def test_lua_functions_are_records_with_their_upvalues():
+    """Old nn.Module:share stored sharedAccUpdateGradParameters in every shared
+    module: a recursive function record (index, bytecode, upvalues) met again
+    by reference; older files have the unreferenced TYPE_FUNCTION."""
+    weight = T7Tensor(T7Storage(np.arange(4, dtype=np.float32)), [4], [1])
+    shared = LuaFunction(b"\x1bLJ\x02 bytecode", upvalues=[{"name": "weight", "value": weight}])
+    legacy = LuaFunction(b"legacy", upvalues=[weight], code=torch7.LEGACY_TYPE_RECUR_FUNCTION)
+    old = LuaFunction(b"old", code=torch7.TYPE_FUNCTION)
+    modules = [T7Object("nn.Linear", {"accUpdateGradParameters": shared, "weight": weight}),
+               T7Object("nn.Linear", {"accUpdateGradParameters": shared}), {"f": legacy, "g": old}]
+    first, second, other = torch7.as_list(torch7.loads(t7_bytes(modules)))
+    function = first.accUpdateGradParameters
+    assert isinstance(function, torch7.LuaFunction) and function.bytecode == b"\x1bLJ\x02 bytecode"
+    assert second.accUpdateGradParameters is function
+    upvalue = torch7.as_list(function.upvalues)[0]
+    assert upvalue["name"] == "weight" and upvalue["value"] is first.weight
+    assert other["f"].bytecode == b"legacy" and torch7.as_list(other["f"].upvalues)[0] is first.weight
+    assert other["g"].bytecode == b"old" and other["g"].upvalues == {}
+
+
+def test_tables_and_tensors_as_keys_compare_by_identity():
+    """nngraph's mapindex maps input data tables to their index, reverseMap
+    nodes to true; a tensor may be a key too."""
+    data, other = LuaTable([("x", 1)]), LuaTable([("x", 1)])
+    tensor = T7Tensor(T7Storage(np.ones(2, np.float32)), [2], [1])
+    table = LuaTable([(1, data), (data, 1), (other, 2), (tensor, "t"), (2, tensor)])
+    out = torch7.loads(t7_bytes(table))
+    first = out[1]
+    assert out[torch7.TableKey(first)] == 1
+    keys = [k for k in out if isinstance(k, torch7.TableKey)]
+    assert len(keys) == 3 and {out[k] for k in keys} == {1, 2, "t"}
+    assert out[torch7.TableKey(out[2])] == "t"
+
+
+def test_tensors_are_read_only_views_of_their_storage():
+    storage = T7Storage(np.arange(12, dtype=np.float32), "Cuda")
+    a, b = T7Tensor(storage, [3, 4], [4, 1]), T7Tensor(storage, [4], [1], offset=5)
+    out = torch7.loads(t7_bytes([a, b, storage]))
+    first, second, whole = torch7.as_list(out)
+    assert np.shares_memory(first, whole) and np.shares_memory(second, whole)
+    assert not first.flags.writeable
+    np.testing.assert_array_equal(second, [4, 5, 6, 7])
+    # a size-1 dimension's stride is never used, however large
+    out = torch7.loads(t7_bytes(T7Tensor(storage, [1, 3], [2 ** 62, 2], offset=2)))
+    np.testing.assert_array_equal(out, [[1, 3, 5]])
+
+
+def crafted(header_edit=None, **tensor):
+    """A Float tensor over a storage of ``storage`` elements, with the sizes,
+    strides and offset given (any values, as a hostile file has them)."""
+    storage = T7Storage(np.ones(tensor.pop("storage", 1), np.float32))
+    data = t7_bytes(T7Tensor(storage, tensor["sizes"], tensor["strides"], tensor.get("offset", 1)))
+    return header_edit(data) if header_edit else data
+
+
+def raw_record(*fields):
+    return b"".join(struct.pack("<" + kind, value) for kind, value in fields)
+
+
+VIEW = T7Tensor(T7Storage(np.ones(4, np.float32)), [2, 2], [1, 2])
+HOSTILE_FILES = {
+    # zero strides: a 1-element storage viewed as 10^10 elements (a 250-byte
+    # file made the demo allocate 2.2 GB before this was bounded)
+    "zero strides": (crafted(sizes=[100000, 100000], strides=[0, 0]), "beyond what a file of"),
+    "repeated 1-d": (crafted(sizes=[2 ** 40], strides=[0]), "beyond what a file of"),
+    "overlapping": (crafted(sizes=[2 ** 31, 2 ** 31], strides=[1, 1], storage=2 ** 16), "beyond what"),
+    "sizes overflow int64": (crafted(sizes=[2 ** 62, 2 ** 62, 8], strides=[0, 0, 0]), "beyond what"),
+    "negative stride": (crafted(sizes=[3], strides=[-1], storage=4, offset=3), "negative size, stride"),
+    "negative size": (crafted(sizes=[-3, 2], strides=[1, 1], storage=4), "negative size, stride"),
+    "70 dimensions": (crafted(sizes=[1] * 70, strides=[1] * 70), "70 dimensions; at most 25"),
+    "negative dimensions": (raw_record(("i", 4), ("i", 1), ("i", 3), ("3s", b"V 1"), ("i", 16),
+                                       ("16s", b"torch.CudaTensor"), ("i", -5)), "-5 dimensions"),
+    "storage of 2^50 elements": (raw_record(("i", 4), ("i", 1), ("i", 3), ("3s", b"V 1"), ("i", 18),
+                                            ("18s", b"torch.FloatStorage"), ("q", 2 ** 50)), "bytes left"),
+    "string of 2 GB": (raw_record(("i", 2), ("i", 2 ** 31 - 1)) + b"abc", "truncated"),
+    "table of 2^31 entries": (raw_record(("i", 3), ("i", 1), ("i", 2 ** 31 - 1)), "entries in the"),
+    "version V inf": (crafted(sizes=[1], strides=[1], header_edit=lambda d: d.replace(
+        b"\x03\x00\x00\x00V 1", b"\x05\x00\x00\x00V inf", 1)), "bad version string 'V inf'"),
+    "version V nan": (crafted(sizes=[1], strides=[1], header_edit=lambda d: d.replace(
+        b"\x03\x00\x00\x00V 1", b"\x05\x00\x00\x00V nan", 1)), "bad version string 'V nan'"),
+    "past the storage": (crafted(sizes=[2, 3], strides=[3, 1], storage=5), "run past its storage"),
+    # a tensor whose storage is another tensor (a strided view): not a storage
+    "a tensor as storage": (t7_bytes([VIEW, T7Tensor(VIEW, [4, 4], [1, 4])]),
+                            "its storage is not a torch.FloatStorage"),
+    "offset past the storage": (crafted(sizes=[1], strides=[1], storage=5, offset=7), "run past its storage"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_hostile_headers_are_one_line_errors_without_allocating(case):
+    data, message = HOSTILE_FILES[case]
+    tracemalloc.start()
+    try:
+        with pytest.raises(torch7.Torch7Error, match=re.escape(message)) as error:
+            torch7.loads(data, source="hostile.t7")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(error.value).startswith("hostile.t7: ") and "\n" not in str(error.value)
+    assert peak < 1 << 20, peak  # not even a megabyte
+
+
+def test_many_views_of_one_storage_exhaust_the_budget():
+    """Stacking views on one storage cannot multiply what a caller copying
+    them allocates: all tensors of a file together view at most
+    view_budget(file size) elements."""
+    storage = T7Storage(np.ones(10_000, np.float32))
+    views = [T7Tensor(storage, [10_000], [1]) for _ in range(3000)]
+    data = t7_bytes(views)
+    assert 3000 * 10_000 > torch7.view_budget(len(data))
+    with pytest.raises(torch7.Torch7Error, match="beyond what a file of"):
+        torch7.loads(data, source="views.t7")
+    fewer = t7_bytes(views[:100])
+    assert len(torch7.as_list(torch7.loads(fewer))) == 100
+
+
+def test_writer_matches_an_independent_writer(tmp_path):
+    """torch7.dumps writes what get_embedding.lua's torch.save writes, byte for
+    byte as this module's writer does (with FloatTensors); raw bytes stay bytes."""
+    rng = np.random.default_rng(2)
+    rows = [rng.standard_normal((1, 6)).astype(np.float32) for _ in range(3)]
+    captions = ["a red bird", b"caf\xc3\xa9 \xff", ""]
+    ours = torch7.dumps({"raw_txt": captions, "fea_txt": rows})
+    theirs = t7_bytes({"raw_txt": captions,
+                       "fea_txt": [T7Tensor(T7Storage(r, "Float"), [1, 6], [6, 1]) for r in rows]})
+    assert ours == theirs
+    path = str(tmp_path / "out.t7")
+    torch7.save(path, {"x": np.arange(6.0).reshape(2, 3), "same": rows[0], "again": rows[0]})
+    out = torch7.load(path)
+    np.testing.assert_array_equal(out["x"], np.arange(6.0).reshape(2, 3))
+    assert out["same"] is out["again"] and out["x"].dtype == np.float64
+    assert os.listdir(tmp_path) == ["out.t7"]
 
 
 def nested_tables(depth):
@@ -245,9 +437,12 @@ def nested_tables(depth):
 
 
 def test_deep_nesting_is_an_error_not_a_recursion_error():
-    with pytest.raises(torch7.Torch7Error, match="deep.t7: objects nested deeper than 200 levels"):
+    """The reader is iterative: the MAX_NESTING levels a graph's links make
+    cost no Python recursion; deeper is an error."""
+    with pytest.raises(torch7.Torch7Error,
+                       match=f"deep.t7: objects nested deeper than {torch7.MAX_NESTING} levels"):
         torch7.loads(nested_tables(200_000), source="deep.t7")
-    table = torch7.loads(nested_tables(torch7.MAX_NESTING - 1))
-    for _ in range(torch7.MAX_NESTING - 1):
+    table = torch7.loads(nested_tables(torch7.MAX_NESTING))
+    for _ in range(torch7.MAX_NESTING):
         table = table[1]
     assert table is None
