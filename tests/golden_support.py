@@ -226,6 +226,13 @@ def noise_sensitivity(exact, samples, update=None, band=None):
 
 # Where a function of a noisy quantity is evaluated across its noise band.
 BAND_POINTS = np.linspace(-1.0, 1.0, 65)
+# How many of its bands a gradient may land from its exact value in an
+# Adam-updated weight (its step's sign, and near zero its size, hang on it):
+# a band comes from three float32 evaluations (and the rectifier kinks taken
+# either way), and rounding that lands in the tail of float32's
+# distribution -- a kink flipped deep in the network moves many elements at
+# once -- reaches past it.
+SIGN_MARGIN = 2.0
 
 
 def check_update_array(name, ours, ref, exact, noise):
@@ -262,8 +269,8 @@ def check_adam_weights(name, ours, ref, w0, g64, band, adam, first_moment, max_s
     is not defined in float32.
 
     Adam's step takes the sign of the updated first moment ``m``: where the
-    gradient's band of float32 outcomes (``gradient_band``) lets ``m`` cross
-    zero, float32 evaluations -- ours, the reference's, either kernel set's
+    gradient's band of float32 outcomes (``gradient_band``, SIGN_MARGIN
+    times) lets ``m`` cross zero, float32 evaluations -- ours, the reference's, either kernel set's
     -- may step either way, and by a size that hangs on a gradient known
     only to that band (a fresh slot steps by about lr whatever the
     gradient's size, less near zero).  What is defined there is Adam's bound
@@ -271,13 +278,14 @@ def check_adam_weights(name, ours, ref, w0, g64, band, adam, first_moment, max_s
     move each such element by at most that (plus NOISE_LEVELS float32 ulps).
     The other elements, whose step has a defined sign, are judged by
     ``check_update_array`` against the exact value, with the noise floor of
-    those elements alone.  ``adam(g)`` and ``first_moment(g)`` are the
+    those elements alone (over the same band).  ``adam(g)`` and ``first_moment(g)`` are the
     float64 weight and first moment after the step on gradient ``g``.
     Returns the number of elements judged by the bound.
     """
     shape = np.shape(g64)
     ours, ref, w0 = (np.asarray(x, np.float64).reshape(shape) for x in (ours, ref, w0))
     g64 = np.asarray(g64, np.float64)
+    band = SIGN_MARGIN * band
     moments = np.stack([first_moment(g64 + f * band) for f in BAND_POINTS])
     open_sign = (moments.min(axis=0) <= 0) & (moments.max(axis=0) >= 0)
     if open_sign.any():
@@ -515,10 +523,19 @@ def forced_kinks(masks, side):
 
 def open_kinks(exact_inputs, sample_inputs):
     """Per rectifier call, the elements whose input is within float32 noise
-    of the kink (``noise_band`` of the float32 evaluations' inputs): there
-    float32 may take either branch of the derivative."""
-    return [np.abs(np.asarray(x64, np.float64)) <= noise_band(samples)
-            for x64, samples in zip(exact_inputs, zip(*sample_inputs))]
+    of the kink: there float32 may take either branch of the derivative.
+    An input's noise is NOISE_LEVELS times the scatter of the float32
+    evaluations' inputs, never less than its channel's (a channel of
+    near-constant activations under batch norm is noisy as a whole, and its
+    level pooled over the batch does not hang on a few draws)."""
+    masks = []
+    for x64, samples in zip(exact_inputs, zip(*sample_inputs)):
+        samples = [np.asarray(s, np.float64) for s in samples]
+        pairs = [(a, b) for i, a in enumerate(samples) for b in samples[i + 1:]]
+        scatter = np.sqrt(np.mean([np.square(a - b) / 2.0 for a, b in pairs], axis=0))
+        channel = np.sqrt(np.mean(np.square(scatter).reshape(-1, scatter.shape[-1]), axis=0))
+        masks.append(np.abs(np.asarray(x64, np.float64)) <= NOISE_LEVELS * np.maximum(scatter, channel))
+    return masks
 
 
 class Evaluation:
