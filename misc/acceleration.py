@@ -20,6 +20,7 @@ one CPU op, is set here):
 """
 
 import contextlib
+import dataclasses
 import os
 
 import keras
@@ -57,19 +58,64 @@ def check_settings(config):
 
 
 def training_on_gpu():
-    """Whether the step runs on GPUs (the visible logical devices)."""
-    return bool(tf.config.list_logical_devices("GPU"))
+    """Whether the step runs on GPUs: a GPU is visible to TensorFlow (after
+    --gpu chose them).  Asks without starting TensorFlow's runtime, which a
+    multi-worker strategy must configure first."""
+    return bool(tf.config.get_visible_devices("GPU"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepChoices:
+    """How this run's training step runs: compiled with XLA or not, and the
+    Keras dtype policy of the networks.  Decided once per run
+    (``choose_step``); in a multi-worker run the chief's choices hold for
+    every worker (``misc.cluster.rendezvous``)."""
+
+    xla: bool
+    precision: str
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def choose_step(config, multi_worker=False, names=None, log=print):
+    """This machine's ``StepChoices`` for the config's TRAIN.XLA and
+    TRAIN.PRECISION.  ``multi_worker``: the step all-reduces across worker
+    processes, which XLA cannot compile on CPUs (TensorFlow has no XLA
+    collectives for CPU devices): 'auto' then never compiles, and 'on' is a
+    one-line error.  ``names`` maps 'XLA' / 'PRECISION' to what the user
+    typed (e.g. '--xla'), for the messages."""
+    check_settings(config)
+    names = {"XLA": "TRAIN.XLA", "PRECISION": "TRAIN.PRECISION", **(names or {})}
+    setting = config.TRAIN.XLA
+    on_gpu = training_on_gpu()
+    if setting == "on" and multi_worker and not on_gpu:
+        typed = f"{names['XLA']} on" if names["XLA"].startswith("--") else f"{names['XLA']} is 'on'"
+        raise ConfigError(f"{typed}, but this multi-worker run trains on CPUs, where XLA "
+                          "cannot compile the step's all-reduce across workers (TensorFlow has no XLA "
+                          "collectives for CPU devices); use 'auto' or 'off'.")
+    if setting == "auto":
+        xla = auto_xla(on_gpu=on_gpu, multi_worker=multi_worker)
+    else:
+        xla = setting == "on"
+    return StepChoices(xla=xla, precision=dtype_policy_name(config, log=log))
+
+
+def auto_xla(on_gpu, multi_worker):
+    """TRAIN.XLA 'auto': compile the step with XLA where that was measured
+    faster (README, Performance): on CPUs whose TensorFlow kernels do not go
+    through oneDNN; never on GPUs (not measured), never for a step that
+    all-reduces across worker processes on CPUs (no XLA collectives there),
+    never under op determinism (which Keras does not compile)."""
+    if on_gpu or multi_worker or op_determinism_enabled():
+        return False
+    return not onednn_enabled()
 
 
 def use_xla(config):
-    """Whether to compile the training step with XLA (``TRAIN.XLA``)."""
-    check_settings(config)
-    setting = config.TRAIN.XLA
-    if setting == "auto":
-        # Keras does not compile under op determinism (not every op has a
-        # deterministic XLA kernel), which the tests switch on.
-        return not training_on_gpu() and not onednn_enabled() and not op_determinism_enabled()
-    return setting == "on"
+    """Whether to compile the training step with XLA (``TRAIN.XLA``) in a
+    single-process run."""
+    return choose_step(config, log=lambda message: None).xla
 
 
 def onednn_enabled():

@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
+from misc.acceleration import choose_step
 from misc.atomic import check_not_input, check_writable, write_text
 from misc.cli import ArgumentParser
 from misc.config import ConfigError
@@ -436,7 +437,9 @@ def main(argv=None, strategy=None):
     config = load_config(args)
     stage = args.stage or default_stage(config)
     if strategy is None:
-        strategy = experiment.make_strategy(args.gpu)
+        strategy, choices = experiment.make_strategy(args.gpu, config, names=experiment.typed_names(args))
+    else:
+        choices = choose_step(config)
     experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
     if args.data:
         split = real_split(config, stage)
@@ -445,7 +448,7 @@ def main(argv=None, strategy=None):
     if split.steps_per_epoch(config.TRAIN.BATCH_SIZE) < 1:
         raise ConfigError(f"batch size {config.TRAIN.BATCH_SIZE} is larger than the "
                           f"{split.num_examples} images; raise --num-images or lower the batch.")
-    gan = experiment.build_stage_gan(config, stage, split.embedding_dim, strategy)
+    gan = experiment.build_stage_gan(config, stage, split.embedding_dim, strategy, choices=choices)
     result = {
         "status": "ok",
         "machine": machine_info(),

@@ -39,7 +39,10 @@ def main(argv):
     args = benchmark.parse_args(options)
     config = benchmark.load_config(args)
     stage = args.stage or benchmark.default_stage(config)
-    strategy = experiment.make_strategy(args.gpu)
+    made = experiment.make_strategy(args.gpu)
+    # Versions before the step choices returned the strategy alone; the
+    # trainer makes this machine's choices itself (one process).
+    strategy = made[0] if isinstance(made, tuple) else made
     if args.data:
         split = benchmark.real_split(config, stage)
     else:

@@ -8,6 +8,7 @@ a run resumed mid-epoch (whose first ``fit`` epoch is the rest of the
 interrupted one) previews and logs at the same iterations as an
 uninterrupted run."""
 
+import datetime
 import math
 import signal
 import sys
@@ -21,12 +22,26 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import summary as histogram_summary
 from tensorboard.plugins.scalar import summary as scalar_summary
 
+from misc import cluster
 from misc.atomic import WriteError
 from misc.gan_trainer import HISTOGRAM_PREFIX, STOP_KEY, SUMMARY_PREFIX
 
 
 class TrainingDiverged(RuntimeError):
     """A loss or a weight became NaN or infinite."""
+
+
+class LastIteration(keras.callbacks.Callback):
+    """The iteration counter after the last finished step, read on the host
+    (``value``): what an error names, without reading a model whose step
+    just failed."""
+
+    def __init__(self, first):
+        super().__init__()
+        self.value = first
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.value = int(self.model.counter.numpy())
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
@@ -141,16 +156,19 @@ class TensorBoardSummaries(keras.callbacks.Callback):
 
 class EpochEnd(keras.callbacks.Callback):
     """At the end of every epoch (counter a multiple of ``steps``):
-    ``preview(epoch)`` (sample images, unless None) and the reference's log line with the
-    epoch's mean losses.  A ``fit`` epoch cut short by a stop is no epoch
-    end."""
+    ``preview(epoch)`` (sample images, unless None) and the reference's log
+    line with the epoch's mean losses, the epoch counted from 1 of
+    ``total_epochs`` as the progress display counts it (the reference
+    printed ``Epoch <0-based> | ...``).  A ``fit`` epoch cut short by a stop
+    is no epoch end."""
 
-    def __init__(self, gan, preview, steps, log_dir, out=None):
+    def __init__(self, gan, preview, steps, log_dir, total_epochs, out=None):
         super().__init__()
         self.gan = gan
         self.preview = preview
         self.steps = steps
         self.log_dir = log_dir
+        self.total_epochs = total_epochs
         self.out = out  # default: the current sys.stdout
 
     def on_epoch_end(self, epoch, logs=None):
@@ -167,7 +185,7 @@ class EpochEnd(keras.callbacks.Callback):
                              f"({reason or exc}).") from None
         means = {k: float(t.result()) for k, t in self.gan.trackers.items()}
         line = "; ".join(f"{k}: {v:.6g}" for k, v in means.items())
-        print(f"Epoch {epoch} | {line}", file=self.out or sys.stdout, flush=True)
+        print(f"Epoch {epoch + 1}/{self.total_epochs} | {line}", file=self.out or sys.stdout, flush=True)
         if not all(np.isfinite(list(means.values()))):
             raise TrainingDiverged(f"epoch {epoch} mean losses are not finite ({line}).")
 
@@ -272,15 +290,63 @@ class Progress(keras.callbacks.ProgbarLogger):
         self.epochs = self.total_epochs
 
     @staticmethod
-    def _visible(logs):
+    def visible(logs):
+        """The logs a person reads: the running epoch means."""
         return {k: v for k, v in (logs or {}).items()
                 if k != STOP_KEY and not k.startswith((SUMMARY_PREFIX, HISTOGRAM_PREFIX))}
 
     def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch, self._visible(logs))
+        super().on_train_batch_end(batch, self.visible(logs))
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, self._visible(logs))
+        super().on_epoch_end(epoch, self.visible(logs))
+
+
+class PlainProgress(keras.callbacks.Callback):
+    """Progress as plain, dated lines, for output that is not a terminal (a
+    log file, a batch job): one every ``interval`` seconds and one at the end
+    of every epoch, with the epoch (from 1, of ``total_epochs``), the
+    iteration (of ``total_iterations``), the running mean losses, the speed
+    and the time left; no bar, no control characters."""
+
+    def __init__(self, total_epochs, steps, out=None, interval=60.0, clock=time.monotonic):
+        super().__init__()
+        self.total_epochs = total_epochs
+        self.total_iterations = total_epochs * steps
+        self.steps = steps
+        self.out = out  # default: the current sys.stdout
+        self.interval = interval
+        self.clock = clock
+        self.start = None  # (time, iteration) when this run's first step ended
+        self.last_line = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        counter = int(self.model.counter.numpy())
+        now = self.clock()
+        if self.start is None:
+            self.start = self.last_line = (now, counter)  # after tracing: a fair speed from here
+            return
+        if now - self.last_line[0] >= self.interval:
+            self.report(counter, now, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        counter = int(self.model.counter.numpy())
+        if counter % self.steps == 0 and self.start is not None:
+            self.report(counter, self.clock(), logs)
+
+    def report(self, counter, now, logs):
+        self.last_line = (now, counter)
+        epoch = min(counter // self.steps + 1, self.total_epochs)
+        losses = "; ".join(f"{k}: {float(v):.4g}" for k, v in Progress.visible(logs).items())
+        done, seconds = counter - self.start[1], now - self.start[0]
+        speed = ""
+        if done > 0:
+            per_iteration = seconds / done
+            left = datetime.timedelta(seconds=round(per_iteration * (self.total_iterations - counter)))
+            speed = f", {per_iteration:.3g} s/iteration, {left} left"
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} epoch {epoch}/{self.total_epochs}, iteration {counter}/{self.total_iterations}"
+              f"{speed}: {losses}", file=self.out or sys.stdout, flush=True)
 
 
 class FirstStepTime(keras.callbacks.Callback):
@@ -304,3 +370,78 @@ class FirstStepTime(keras.callbacks.Callback):
             what = "trace and XLA compile" if self.jit else "trace"
             print(f"First step ({what}, then one iteration): {time.perf_counter() - self.start:.1f} s",
                   file=self.out or sys.stdout, flush=True)
+
+
+class WorkerWatchdog(keras.callbacks.Callback):
+    """Multi-worker runs: a worker that stops stepping while its process
+    lives on (a hang: its heartbeats keep coming, so TensorFlow's health
+    check sees nothing) must not keep the others waiting for ever.
+
+    Every worker publishes where it is (``misc.cluster.publish_progress``)
+    from a background thread; when no iteration has finished on this worker
+    for ``timeout`` seconds (``first_timeout`` for the first, which traces
+    and compiles the step), it names the workers behind the others
+    (``stalled_workers``) and calls ``on_stall(iteration, message)``, which
+    must end the process: the main thread is blocked in the step's
+    all-reduce and cannot be interrupted."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, task, tasks, timeout, first_timeout, on_stall):
+        super().__init__()
+        self.task = task
+        self.tasks = tasks
+        self.timeout = timeout
+        self.first_timeout = first_timeout
+        self.on_stall = on_stall
+        self.finished = None
+        self.in_step = False
+        self.last_progress = None
+        self._done = threading.Event()
+        self._thread = None
+
+    def on_train_begin(self, logs=None):
+        self.finished = int(self.model.counter.numpy())
+        self.last_progress = time.monotonic()
+        self._done.clear()
+        self._thread = threading.Thread(target=self._watch, name="worker-watchdog", daemon=True)
+        self._thread.start()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.in_step = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.finished = int(self.model.counter.numpy())
+        self.in_step = False
+        self.last_progress = time.monotonic()
+        self.first_timeout = None
+
+    def on_train_end(self, logs=None):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self):
+        published = None
+        while not self._done.wait(self.POLL_SECONDS):
+            where = (self.finished, self.in_step)
+            if where != published:
+                cluster.publish_progress(self.task, *where)
+                published = where
+            limit = self.first_timeout or self.timeout
+            if time.monotonic() - self.last_progress > limit:
+                self.on_stall(self.finished, self._diagnosis(limit))
+                return
+
+    def _diagnosis(self, limit):
+        progress = cluster.read_progress(self.tasks)
+        progress[self.task] = (self.finished, self.in_step)
+        stalled = cluster.stalled_workers(progress)
+        iteration = self.finished + 1
+        if stalled:
+            names = " and ".join(f"worker {cluster.task_device(t)}{' (this one)' if t == self.task else ''}"
+                                 for t in stalled)
+            return (f"{names} stopped stepping (alive, but no training step for {limit:g} s; "
+                    f"CLUSTER.STEP_TIMEOUT sets the wait)")
+        return (f"no worker finished iteration {iteration} within {limit:g} s (all are inside it: a hung "
+                f"operation or a stalled network; CLUSTER.STEP_TIMEOUT sets the wait)")

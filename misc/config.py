@@ -81,6 +81,13 @@ def default_config():
     c.TRAIN.PRECISION = "float32"
     c.TRAIN.INTRA_OP_THREADS = 0  # extension: threads per CPU op (0: TensorFlow's, all cores)
 
+    # extension: multi-worker runs (misc/cluster.py): how long, in seconds,
+    # a worker waits for all workers to start, and for the next training
+    # step of the cluster before it names the worker that stopped stepping
+    c.CLUSTER = edict()
+    c.CLUSTER.STARTUP_TIMEOUT = 600
+    c.CLUSTER.STEP_TIMEOUT = 600
+
     # Model options
     c.GAN = edict()
     c.GAN.EMBEDDING_DIM = 128
@@ -212,6 +219,8 @@ _AT_LEAST = {
     "TEST.LR_IMSIZE": (16, "the Stage-I image size"),
     "TEST.HR_IMSIZE": (16, "the Stage-II image size"),
     "TRAIN.INTRA_OP_THREADS": (0, "threads per CPU op; 0: TensorFlow's choice"),
+    "CLUSTER.STARTUP_TIMEOUT": (1, "seconds a worker waits for the others to start"),
+    "CLUSTER.STEP_TIMEOUT": (1, "seconds a worker waits for the cluster's next training step"),
 }
 # TRAIN.XLA and TRAIN.PRECISION values (misc/acceleration.py says what they do).
 XLA_SETTINGS = ("auto", "on", "off")
@@ -227,10 +236,11 @@ def _get(config, key):
     return node
 
 
-def _leaves(tree, prefix=""):
+def config_leaves(tree, prefix=""):
+    """('SECTION.KEY', value) of every setting of a config tree."""
     for key, value in tree.items():
         if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
+            yield from config_leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 
@@ -247,7 +257,7 @@ def validate_config(config, stage=None, source=None):
     def fail(key, value, requirement):
         raise ConfigError(f"{where}{key} is {short_repr(value)}; {requirement}.")
 
-    for key, value in _leaves(config):
+    for key, value in config_leaves(config):
         if isinstance(value, float) and not math.isfinite(value):
             fail(key, value, "it must be a finite number")
     for key, (least, what) in _AT_LEAST.items():

@@ -27,31 +27,45 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from misc.acceleration import configure_threads, describe
+from misc.acceleration import StepChoices, choose_step, configure_threads, describe
 from misc.atomic import WriteError, exclusive_lock, write_text
 from misc.callbacks import (
     DivergenceGuard,
     EpochEnd,
     FirstStepTime,
     KeepEpochMeans,
+    LastIteration,
     LearningRateSchedule,
     PeriodicSnapshot,
+    PlainProgress,
     Progress,
     StopOnSignal,
     TensorBoardSummaries,
     TrainingDiverged,
+    WorkerWatchdog,
 )
 from misc.checkpoints import RUN_LOCK, Snapshotter, remove_snapshot_leftovers
 from misc.cli import EXIT_ERROR, ArgumentParser
 from misc.cluster import (
     LOST_WORKER_ERRORS,
     ClusterError,
+    Stopped,
     cluster_resolver,
+    configure_coordination,
     describe_worker,
     is_chief,
     lost_worker_reason,
+    rendezvous,
 )
-from misc.config import PRECISIONS, XLA_SETTINGS, ConfigError, load_config, validate_config
+from misc.config import (
+    PRECISIONS,
+    XLA_SETTINGS,
+    ConfigError,
+    config_leaves,
+    default_config,
+    load_config,
+    validate_config,
+)
 from misc.datasets import LR_IMAGE_SIZE, DatasetError
 from misc.input_pipeline import distributed_training_dataset
 from misc.tf1_checkpoint import CheckpointError
@@ -85,6 +99,13 @@ def add_step_arguments(parser):
                              "mixed_float16, mixed_bfloat16 (default: TRAIN.PRECISION)")
 
 
+def typed_names(args):
+    """What the user typed for the step settings, for the messages: the
+    flags given instead of the config keys they override."""
+    return {key: flag for key, flag in (("XLA", "--xla"), ("PRECISION", "--precision"))
+            if getattr(args, key.lower(), None) is not None}
+
+
 def load_run_config(args, stage=None):
     """The config of a run, validated (for ``stage`` when given); also seeds
     the initial weights with SEED (data order and noise are seeded from it
@@ -115,14 +136,22 @@ def parse_gpu_ids(text):
     return ids
 
 
-def make_strategy(gpu=None, log=print, training=True):
-    """MultiWorkerMirroredStrategy when this process is a worker of a cluster
+def make_strategy(gpu=None, config=None, log=print, training=True, names=None):
+    """The distribution strategy of a run and its ``StepChoices`` (XLA,
+    precision; ``names`` says what the user typed for them, see
+    ``choose_step``).
+
+    MultiWorkerMirroredStrategy when this process is a worker of a cluster
     (TF_CONFIG, or a SLURM step of several tasks: ``misc.cluster``), each
-    worker using its chosen (default: all visible) GPUs or its CPU;
-    otherwise MirroredStrategy over the chosen GPUs, else the default
-    single-device strategy.  An id beyond the visible GPUs is an error; on a
-    machine without GPUs the CPU is used (with a warning).  Only training
-    runs on a cluster (evaluation writes its sheets from one process)."""
+    worker using its chosen (default: all visible) GPUs or its CPU; the
+    workers first meet (``misc.cluster.rendezvous``: bounded by
+    CLUSTER.STARTUP_TIMEOUT, interruptible, the same config everywhere) and
+    take the chief's choices.  Otherwise MirroredStrategy over the chosen
+    GPUs, else the default single-device strategy.  An id beyond the visible
+    GPUs is an error; on a machine without GPUs the CPU is used (with a
+    warning).  Only training runs on a cluster (evaluation writes its sheets
+    from one process)."""
+    config = config or default_config()
     resolver = cluster_resolver(gpus_present=nvidia_driver_present())
     if resolver is not None and not training:
         raise ConfigError("TRAIN.FLAG is False (evaluation), which runs in one process, but this "
@@ -142,14 +171,45 @@ def make_strategy(gpu=None, log=print, training=True):
                     f"(ids 0 to {len(gpus) - 1}; CUDA_VISIBLE_DEVICES renumbers them).")
             gpus = [gpus[i] for i in wanted]
             tf.config.set_visible_devices(gpus, "GPU")
+    choices = choose_step(config, multi_worker=resolver is not None, names=names, log=log)
     if resolver is not None:
+        choices = join_cluster(resolver, config, choices, log)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         log(describe_worker(strategy))
-        return strategy
+        return strategy, choices
     if gpus:
         devices = [f"/gpu:{i}" for i in range(len(gpus))]
-        return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.get_strategy()
+        return tf.distribute.MirroredStrategy(devices), choices
+    return tf.distribute.get_strategy(), choices
+
+
+# Config keys that may differ between the workers of one run: where files
+# are on each machine, its threads and its patience.
+MACHINE_KEYS = ("DATA_DIR", "GPU_ID", "TRAIN.PRETRAINED_MODEL", "TRAIN.INTRA_OP_THREADS",
+                "CLUSTER.STARTUP_TIMEOUT", "CLUSTER.STEP_TIMEOUT")
+
+
+def join_cluster(resolver, config, choices, log=print):
+    """Meet the other workers (``misc.cluster.rendezvous``) and return the
+    chief's ``StepChoices``, which every worker then uses."""
+    task = f"{resolver.task_type}:{resolver.task_id}"
+    comparable = {key: value for key, value in config_leaves(config)
+                  if key not in MACHINE_KEYS and not key.startswith("TEST.")}
+    pretrained = config.TRAIN.PRETRAINED_MODEL
+    hint = (f"Nothing was written; resume from {pretrained} once every worker runs." if pretrained
+            else "Nothing was written yet.")
+    log(f"Task {task}: waiting for the cluster's workers to start (at most "
+        f"{config.CLUSTER.STARTUP_TIMEOUT} s; Ctrl-C or SIGTERM stops at once).")
+    agreed = rendezvous(resolver.cluster_spec().as_dict(), task,
+                        {"config": comparable, "choices": choices.as_dict()},
+                        config.CLUSTER.STARTUP_TIMEOUT, hint)
+    chief = StepChoices(**agreed)
+    if chief != choices:
+        log(f"Task {task} follows the chief's choices: XLA {'on' if chief.xla else 'off'}, precision "
+            f"{chief.precision} (this machine alone would choose XLA {'on' if choices.xla else 'off'}, "
+            f"{choices.precision}).")
+    configure_coordination(resolver.cluster_spec(), config.CLUSTER.STARTUP_TIMEOUT)
+    return chief
 
 
 def new_log_dir(config, root="ckt_logs"):
@@ -178,13 +238,13 @@ def _plain(tree):
     return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
-def build_stage_gan(config, stage, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
+def build_stage_gan(config, stage, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE, choices=None):
     """The trainer of Stage ``stage`` (1 or 2): that stage's ``build_gan``."""
     if stage == 1:
         from stageI.experiment import build_gan
     else:
         from stageII.experiment import build_gan
-    return build_gan(config, embedding_dim, strategy, lr_size)
+    return build_gan(config, embedding_dim, strategy, lr_size, choices=choices)
 
 
 def check_batch_size(batch_size, strategy):
@@ -261,8 +321,14 @@ def train(gan, split, config, make_preview, rate_for, start_path=None, keep_ever
     if start_path:
         for path in remove_snapshot_leftovers(os.path.dirname(start_path) or "."):
             print(f"Removed {path}, left by an interrupted snapshot.")
-    return _train_in(new_log_dir(config), True, gan, split, config, make_preview, rate_for, start_path,
+    log_dir = new_log_dir(config)
+    last = _train_in(log_dir, True, gan, split, config, make_preview, rate_for, start_path,
                      keep_every_n_hours, steps, first, phases)
+    sheets = sorted(name for name in os.listdir(log_dir) if name.endswith(".jpg"))
+    print(f"Done: iteration {int(gan.counter.numpy())} (epoch {train_cfg.MAX_EPOCH}) in {log_dir}: the "
+          f"snapshot {os.path.basename(last)}, the sample sheets {', '.join(sheets) or '(none)'}; "
+          f"TensorBoard: tensorboard --logdir {log_dir}")
+    return last
 
 
 def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_path,
@@ -277,13 +343,18 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
         guard = DivergenceGuard(gan, snapshotter)
         snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard,
                                     log=print if chief else lambda message: None)
+        last = LastIteration(first)
+        terminal = sys.stdout.isatty()  # a progress bar, else plain lines (and no Keras bar)
         callbacks = [
+            last,
             FirstStepTime(gan.jit_compile),
             stop,
             LearningRateSchedule(gan, rate_for),
             guard,
             snapshot,
         ]
+        if multi_worker:
+            callbacks.append(worker_watchdog(gan.distribute_strategy, config, last, snapshotter))
         if chief:
             writer = tf.summary.create_file_writer(log_dir)
             preview = make_preview(log_dir)
@@ -291,8 +362,10 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
         else:
             writer, preview = None, None
         callbacks += [
-            Progress(train_cfg.MAX_EPOCH),  # before EpochEnd, so the bar's line is finished first
-            EpochEnd(gan, (lambda epoch: preview(epoch, writer)) if chief else None, steps, log_dir),
+            # before EpochEnd, so that a bar's line is finished first
+            Progress(train_cfg.MAX_EPOCH) if terminal else PlainProgress(train_cfg.MAX_EPOCH, steps),
+            EpochEnd(gan, (lambda epoch: preview(epoch, writer)) if chief else None, steps, log_dir,
+                     train_cfg.MAX_EPOCH),
         ]
         epoch, batch = divmod(first, steps)
         print(describe(config, gan.jit_compile, gan.compute_policy()))
@@ -307,7 +380,7 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
                     gan.distribute_strategy, split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
                     gan.noise_spec(), seed=config.SEED, first_step=first_step)
                 gan.fit(dataset, epochs=end_epoch, initial_epoch=initial_epoch,
-                        steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=1,
+                        steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=int(terminal),
                         shuffle=False)
                 if stop.should_stop:
                     break
@@ -326,11 +399,11 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
         except LOST_WORKER_ERRORS as exc:
             if not multi_worker:
                 raise
-            raise ClusterError(f"training stopped at iteration {int(gan.counter.numpy())}: "
+            raise ClusterError(f"training stopped at iteration {last.value}: "
                                f"{lost_worker_reason(exc)}. Restart every worker. "
                                f"{snapshotter.resume_hint()}") from None
         except Exception:
-            print(f"\nerror: training stopped at iteration {int(gan.counter.numpy())} by the "
+            print(f"\nerror: training stopped at iteration {last.value} by the "
                   f"unexpected error below. {snapshotter.resume_hint()}", file=sys.stderr)
             raise
         finally:
@@ -348,6 +421,26 @@ def _train_in(log_dir, chief, gan, split, config, make_preview, rate_for, start_
               + (f"resume with TRAIN.PRETRAINED_MODEL: {where}" if where else "no snapshot to resume from."))
         raise SystemExit(128 + stop.should_stop)
     return snapshotter.last_path
+
+
+def worker_watchdog(strategy, config, last, snapshotter):
+    """A ``WorkerWatchdog`` for this worker of a multi-worker run: a worker
+    that stops stepping ends every worker with one line naming it and the
+    last good snapshot (exit EXIT_ERROR)."""
+    resolver = strategy.cluster_resolver
+    tasks = [f"{job}:{i}" for job, addresses in resolver.cluster_spec().as_dict().items()
+             for i in range(len(addresses))]
+
+    def on_stall(iteration, reason):
+        # The main thread waits inside the step's all-reduce and cannot be
+        # interrupted: end the process from here, snapshots being atomic.
+        print(f"\nerror: training stopped at iteration {iteration}: {reason}. Restart every worker. "
+              f"{snapshotter.resume_hint()}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_ERROR)
+
+    return WorkerWatchdog(f"{resolver.task_type}:{resolver.task_id}", tasks, config.CLUSTER.STEP_TIMEOUT,
+                          config.CLUSTER.STARTUP_TIMEOUT, on_stall)
 
 
 def write_captions(captions, path):
@@ -389,6 +482,9 @@ def run_main(main, argv=None):
         print(f"error: {what}", file=sys.stderr)
         _quiet_teardown()
         raise SystemExit(EXIT_ERROR) from None
+    except Stopped as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
     except KeyboardInterrupt:
         print("\ninterrupted (Ctrl-C).", file=sys.stderr)
         raise SystemExit(130) from None

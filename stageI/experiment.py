@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from misc import experiment
-from misc.acceleration import dtype_policy, dtype_policy_name
+from misc.acceleration import choose_step, dtype_policy
 from misc.checkpoints import check_embedding_dim, describe_checkpoint, restore_native
 from misc.datasets import LR_IMAGE_SIZE, load_dataset
 from misc.image_utils import save_image, superimage, to_uint8
@@ -24,13 +24,15 @@ from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN, learning_rate_schedule
 
 
-def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
+def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE, choices=None):
     """The Stage-I trainer of a config (networks and optimizers) for
     ``lr_size`` images, its variables created under ``strategy`` (default:
-    the current one)."""
-    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(dtype_policy_name(config)):
+    the current one), its step run as ``choices`` say (default: this
+    machine's ``choose_step``)."""
+    choices = choices or choose_step(config)
+    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(choices.precision):
         generator, discriminator = build_stage_i(config, embedding_dim, lr_size)
-        return StageIGAN.from_config_tree(config, generator, discriminator)
+        return StageIGAN.from_config_tree(config, generator, discriminator, jit_compile=choices.xla)
 
 
 def restore(gan, path, dataset, split="train"):
@@ -106,12 +108,13 @@ def main(argv=None):
     args = experiment.parse_args("Train or evaluate the Stage-I StackGAN", argv)
     config = experiment.load_run_config(args, stage=1)
     experiment.print_config(config)
-    strategy = experiment.make_strategy(args.gpu, training=config.TRAIN.FLAG)
+    strategy, choices = experiment.make_strategy(args.gpu, config, training=config.TRAIN.FLAG,
+                                                 names=experiment.typed_names(args))
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
         dataset = load_dataset(config, hr_lr_ratio=1, captions=experiment.caption_splits(config))
         experiment.iterations_per_epoch(dataset.train, config.TRAIN.BATCH_SIZE)
-        gan = build_gan(config, dataset.embedding_shape[0], strategy)
+        gan = build_gan(config, dataset.embedding_shape[0], strategy, choices=choices)
         start = None
         if config.TRAIN.PRETRAINED_MODEL:
             start = restore(gan, config.TRAIN.PRETRAINED_MODEL, dataset)
@@ -124,7 +127,7 @@ def main(argv=None):
             raise CheckpointError("TRAIN.FLAG is False (evaluation) but TRAIN.PRETRAINED_MODEL "
                                   "is empty: set it to the checkpoint to evaluate.")
         dataset = load_dataset(config, hr_lr_ratio=1, splits=("test",))
-        gan = build_gan(config, dataset.embedding_shape[0], strategy)
+        gan = build_gan(config, dataset.embedding_shape[0], strategy, choices=choices)
         path = restore(gan, config.TRAIN.PRETRAINED_MODEL, dataset, "test")
         out_dir = evaluate(gan, dataset.test, path, config)
         print(f"Evaluation samples written to {out_dir}")

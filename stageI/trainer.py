@@ -120,12 +120,14 @@ class StageIGAN(GANTrainer):
                                      use_wrong=use_wrong, cond_augmentation=cond_augmentation)
 
     @classmethod
-    def from_config_tree(cls, config, generator, discriminator):
+    def from_config_tree(cls, config, generator, discriminator, jit_compile=None):
+        """The trainer of a config; ``jit_compile``: compile the step with
+        XLA (default: ``use_xla``, this machine's choice for TRAIN.XLA)."""
         train = config.TRAIN
         gan = cls(generator, discriminator, kl_coeff=train.COEFF.KL, use_wrong=train.B_WRONG,
                   cond_augmentation=train.COND_AUGMENTATION)
         gan.compile(**{name: ReferenceAdam(rate) for name, rate in base_learning_rates(config).items()},
-                    jit_compile=use_xla(config))
+                    jit_compile=use_xla(config) if jit_compile is None else jit_compile)
         if generator.compute_dtype == "float16":
             gan.use_loss_scaling()
         return gan

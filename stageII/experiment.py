@@ -11,13 +11,14 @@ sheets for the test captions.
 """
 
 import functools
+import glob
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from misc import experiment
-from misc.acceleration import dtype_policy, dtype_policy_name
+from misc.acceleration import choose_step, dtype_policy
 from misc.checkpoints import check_embedding_dim, copy_trainable_weights, describe_checkpoint, restore_native
 from misc.datasets import HR_LR_RATIO, LR_IMAGE_SIZE, load_dataset
 from misc.image_utils import save_image, superimage, to_uint8
@@ -31,19 +32,48 @@ from stageII.model import build_stage_ii
 from stageII.trainer import StageIIGAN, learning_rate_schedule
 
 
-def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE):
+def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE, choices=None):
     """The Stage-II trainer of a config (the four networks and five
     optimizers) for ``lr_size`` Stage-I images, its variables created under
-    ``strategy`` (default: the current one)."""
-    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(dtype_policy_name(config)):
-        return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim, lr_size))
+    ``strategy`` (default: the current one), its step run as ``choices``
+    say (default: this machine's ``choose_step``)."""
+    choices = choices or choose_step(config)
+    with (strategy or tf.distribute.get_strategy()).scope(), dtype_policy(choices.precision):
+        return StageIIGAN.from_config_tree(config, *build_stage_ii(config, embedding_dim, lr_size),
+                                           jit_compile=choices.xla)
 
 
-def restore(gan, path, config, dataset, split="train"):
-    """Load TRAIN.PRETRAINED_MODEL: a Stage-II checkpoint resumes everything;
-    a Stage-I checkpoint initialises the Stage-I networks' trainable weights
-    and the counter.  Returns (checkpoint path, its stage)."""
-    info = describe_checkpoint(path)
+def start_checkpoint(path, cfg_file):
+    """``describe_checkpoint`` of TRAIN.PRETRAINED_MODEL, looked at before
+    any data is loaded or generated: where there is no model yet (the path,
+    or a model below the folder it names), the one-line error says to train
+    Stage-I first, with the command."""
+    try:
+        return describe_checkpoint(path)
+    except CheckpointError:
+        if os.path.exists(path) and not os.path.isdir(path) or os.path.exists(path + ".index") or \
+                os.path.isdir(path) and glob.glob(os.path.join(path, "**", "checkpoint"), recursive=True):
+            raise  # a model is there, but not a usable one: that error says why
+    raise CheckpointError(
+        f"{path}: no model to start Stage-II from (TRAIN.PRETRAINED_MODEL). Train Stage-I first: "
+        f"{stage_i_command(cfg_file)}; Stage-II then starts from its newest snapshot.") from None
+
+
+def stage_i_command(cfg_file):
+    """The Stage-I training command that goes with a Stage-II config:
+    stageI/cfg/<the same file name> when there is one."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = os.path.basename(cfg_file or "")
+    if name and os.path.isfile(os.path.join(root, "stageI", "cfg", name)):
+        return f"python stageI/run_exp.py --cfg stageI/cfg/{name}"
+    return "python stageI/run_exp.py --cfg <your Stage-I config>"
+
+
+def restore(gan, info, config, dataset, split="train"):
+    """Load TRAIN.PRETRAINED_MODEL (its ``CheckpointInfo``): a Stage-II
+    checkpoint resumes everything; a Stage-I checkpoint initialises the
+    Stage-I networks' trainable weights and the counter.  Returns
+    (checkpoint path, its stage)."""
     embedding_dim = dataset.embedding_shape[0]
     check_embedding_dim(info, embedding_dim, dataset.embedding_path(split))
     print(f"Reading model parameters from {info.path} (Stage-{'I' * info.stage} checkpoint)")
@@ -121,17 +151,19 @@ def main(argv=None):
     args = experiment.parse_args("Train or evaluate the Stage-II StackGAN", argv)
     config = experiment.load_run_config(args, stage=2)
     experiment.print_config(config)
-    strategy = experiment.make_strategy(args.gpu, training=config.TRAIN.FLAG)
+    strategy, choices = experiment.make_strategy(args.gpu, config, training=config.TRAIN.FLAG,
+                                                 names=experiment.typed_names(args))
     pretrained = config.TRAIN.PRETRAINED_MODEL
+    start_info = start_checkpoint(pretrained, args.cfg_file) if pretrained else None
     if config.TRAIN.FLAG:
         experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
         dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, captions=experiment.caption_splits(config))
         experiment.iterations_per_epoch(dataset.train, config.TRAIN.BATCH_SIZE)
         embedding_dim = dataset.embedding_shape[0]
-        gan = build_gan(config, embedding_dim, strategy)
+        gan = build_gan(config, embedding_dim, strategy, choices=choices)
         start = None
         if pretrained:
-            start, _ = restore(gan, pretrained, config, dataset)
+            start, _ = restore(gan, start_info, config, dataset)
         else:
             print("Created model with fresh parameters. Warning: TRAIN.PRETRAINED_MODEL is empty, "
                   "so Stage-II trains on an untrained (and frozen, unless TRAIN.FINETUNE_LR) "
@@ -144,8 +176,8 @@ def main(argv=None):
                                   "is empty: set it to the Stage-II checkpoint to evaluate.")
         dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",), captions=("test",))
         embedding_dim = dataset.embedding_shape[0]
-        gan = build_gan(config, embedding_dim, strategy)
-        path, stage = restore(gan, pretrained, config, dataset, "test")
+        gan = build_gan(config, embedding_dim, strategy, choices=choices)
+        path, stage = restore(gan, start_info, config, dataset, "test")
         if stage != 2:
             raise CheckpointError(f"{path}: a Stage-I checkpoint; Stage-II evaluation needs a "
                                   "Stage-II checkpoint (evaluate Stage-I with stageI/run_exp.py).")

@@ -56,14 +56,17 @@ class StageIIGAN(GANTrainer):
                                      use_wrong=use_wrong, cond_augmentation=cond_augmentation)
 
     @classmethod
-    def from_config_tree(cls, config, generator, discriminator, hr_generator, hr_discriminator):
+    def from_config_tree(cls, config, generator, discriminator, hr_generator, hr_discriminator,
+                         jit_compile=None):
+        """The trainer of a config; ``jit_compile``: compile the step with
+        XLA (default: ``use_xla``, this machine's choice for TRAIN.XLA)."""
         train = config.TRAIN
         gan = cls(generator, discriminator, hr_generator, hr_discriminator,
                   kl_coeff=train.COEFF.KL, use_wrong=train.B_WRONG,
                   cond_augmentation=train.COND_AUGMENTATION, finetune_lr=train.FINETUNE_LR)
         rates = base_learning_rates(config)
         gan.compile(**{name: ReferenceAdam(rate) for name, rate in rates.items()},
-                    jit_compile=use_xla(config))
+                    jit_compile=use_xla(config) if jit_compile is None else jit_compile)
         if hr_generator.compute_dtype == "float16":
             gan.use_loss_scaling()
         return gan

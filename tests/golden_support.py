@@ -186,7 +186,16 @@ def l2(x):
     return float(np.linalg.norm(np.asarray(x, np.float64).ravel()))
 
 
-def noise_sensitivity(exact, samples, update=None):
+def noise_band(samples):
+    """Per element, NOISE_LEVELS noise levels of a quantity from float32
+    evaluations of it (see ``noise_sensitivity``)."""
+    samples = [np.asarray(s, np.float64) for s in samples]
+    pairs = [(a, b) for i, a in enumerate(samples) for b in samples[i + 1:]]
+    scatter = np.sqrt(np.mean([np.square(a - b) / 2.0 for a, b in pairs], axis=0))
+    return NOISE_LEVELS * np.maximum(scatter, np.sqrt(np.mean(np.square(scatter))))
+
+
+def noise_sensitivity(exact, samples, update=None, band=None):
     """The float32 noise floor of an array, from float32 evaluations of it.
 
     ``samples`` are float32 evaluations of a quantity Y (a variable's
@@ -205,17 +214,25 @@ def noise_sensitivity(exact, samples, update=None):
     of a bend may land anywhere the band reaches.
     """
     exact = np.asarray(exact, np.float64)
-    samples = [np.asarray(s, np.float64) for s in samples]
-    pairs = [(a, b) for i, a in enumerate(samples) for b in samples[i + 1:]]
-    scatter = np.sqrt(np.mean([np.square(a - b) / 2.0 for a, b in pairs], axis=0))
-    band = NOISE_LEVELS * np.maximum(scatter, np.sqrt(np.mean(np.square(scatter))))
+    band = noise_band(samples) if band is None else band
     if update is None:
         return l2(band)
     base = update(exact)
     reach = np.zeros_like(base)
-    for fraction in np.linspace(-1.0, 1.0, 9):  # the band, including the bends inside it
+    for fraction in BAND_POINTS:  # the band, including the bends inside it
         reach = np.maximum(reach, np.abs(update(exact + fraction * band) - base))
     return l2(reach)
+
+
+# Where a function of a noisy quantity is evaluated across its noise band.
+BAND_POINTS = np.linspace(-1.0, 1.0, 65)
+# How many of its bands a gradient may land from its exact value in an
+# Adam-updated weight (its step's sign, and near zero its size, hang on it):
+# a band comes from three float32 evaluations (and the rectifier kinks taken
+# either way), and rounding that lands in the tail of float32's
+# distribution -- a kink flipped deep in the network moves many elements at
+# once -- reaches past it.
+SIGN_MARGIN = 2.0
 
 
 def check_update_array(name, ours, ref, exact, noise):
@@ -235,6 +252,76 @@ def check_update_array(name, ours, ref, exact, noise):
         + detail)
     assert d_ours <= max(2.0 * d_ref, floor), f"{name}: ours is too far from the exact value: {detail}"
     return d_ours, d_ref
+
+
+def gradient_band(exact, samples, kinked):
+    """A gradient's band of float32 outcomes around its exact value: its
+    ``noise_band``, widened where the exact gradients with the open
+    rectifier kinks taken on either side (``kinked``) lie further."""
+    band = noise_band(samples)
+    for other in kinked:
+        band = np.maximum(band, np.abs(np.asarray(other, np.float64) - np.asarray(exact, np.float64)))
+    return band
+
+
+def check_adam_weights(name, ours, ref, w0, g64, band, adam, first_moment, max_step):
+    """Weights after an Adam step, element by element where the step's sign
+    is not defined in float32.
+
+    Adam's step takes the sign of the updated first moment ``m``: where the
+    gradient's band of float32 outcomes (``gradient_band``, SIGN_MARGIN
+    times) lets ``m`` cross zero, float32 evaluations -- ours, the reference's, either kernel set's
+    -- may step either way, and by a size that hangs on a gradient known
+    only to that band (a fresh slot steps by about lr whatever the
+    gradient's size, less near zero).  What is defined there is Adam's bound
+    on the step, ``max_step`` (lr for a fresh slot): both evaluations must
+    move each such element by at most that (plus NOISE_LEVELS float32 ulps).
+    The other elements, whose step has a defined sign, are judged by
+    ``check_update_array`` against the exact value, with the noise floor of
+    those elements alone (over the same band).  ``adam(g)`` and ``first_moment(g)`` are the
+    float64 weight and first moment after the step on gradient ``g``.
+    Returns the number of elements judged by the bound.
+    """
+    shape = np.shape(g64)
+    ours, ref, w0 = (np.asarray(x, np.float64).reshape(shape) for x in (ours, ref, w0))
+    g64 = np.asarray(g64, np.float64)
+    band = SIGN_MARGIN * band
+    moments = np.stack([first_moment(g64 + f * band) for f in BAND_POINTS])
+    open_sign = (moments.min(axis=0) <= 0) & (moments.max(axis=0) >= 0)
+    if open_sign.any():
+        limit = max_step + NOISE_LEVELS * np.spacing(np.abs(w0).astype(np.float32))
+        for who, value in (("ours", ours), ("the reference", ref)):
+            outside = open_sign & (np.abs(value - w0) > limit)
+            assert not outside.any(), (
+                f"{name}: {who} steps beyond Adam's bound at {int(outside.sum())} of the "
+                f"{int(open_sign.sum())} elements whose step sign float32 leaves open (first at flat "
+                f"index {int(np.flatnonzero(outside)[0])})")
+    keep = ~open_sign
+    if keep.any():
+        check_update_array(name, ours[keep], ref[keep], adam(g64)[keep],
+                           noise_sensitivity(g64[keep], None, lambda g: _restrict(adam, g, g64, keep),
+                                             band=band[keep]))
+    return int(open_sign.sum())
+
+
+def _restrict(function, values, full, keep):
+    """``function`` of an array ``full`` whose ``keep`` elements are
+    ``values``, restricted to them (elementwise functions only)."""
+    whole = np.array(full, np.float64)
+    whole[keep] = values
+    return function(whole)[keep]
+
+
+def adam_max_step(m, v, beta1_power, beta2_power, lr):
+    """The largest step TF1 ``ApplyAdam`` can take from slots ``m`` and ``v``,
+    whatever the gradient: ``lr_t (|b1 m| / sqrt(b2 v) + (1 - b1) /
+    sqrt(1 - b2))``, which is lr for fresh slots on the first step."""
+    b1, b2 = np.float64(ADAM_BETA1), np.float64(ADAM_BETA2)
+    lr_t = np.float64(lr) * np.sqrt(1.0 - np.float64(beta2_power)) / (1.0 - np.float64(beta1_power))
+    m, v = np.asarray(m, np.float64), np.asarray(v, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        carried = np.where(m == 0, 0.0, np.abs(b1 * m) / np.sqrt(b2 * v))
+    return lr_t * (carried + (1.0 - b1) / np.sqrt(1.0 - b2))
 
 
 def adam_step(weight, gradient, m, v, beta1_power, beta2_power, lr):
@@ -370,14 +457,97 @@ def bn_layer_names(networks):
             if isinstance(layer, BatchNorm)}
 
 
-class Evaluation:
-    """What one update computed: the gradients it applied and the batch
-    statistics of every training-mode batch-norm call."""
+# -- rectifier kinks ------------------------------------------------------------
 
-    def __init__(self, gradients, statistics, losses):
+# The rectifiers the networks call (misc/layers.py, misc/blocks.py), by the
+# TensorFlow function they go through, and the derivative left of the kink.
+RECTIFIERS = {"leaky_relu": lambda kwargs: kwargs.get("alpha", 0.2), "relu": lambda kwargs: 0.0}
+
+
+@contextlib.contextmanager
+def patched_rectifiers(wrap):
+    """Inside the block ``tf.nn.<name>`` is ``wrap(name, original)`` for
+    every rectifier (the networks look them up at call time)."""
+    originals = {name: getattr(tf.nn, name) for name in RECTIFIERS}
+    for name, original in originals.items():
+        setattr(tf.nn, name, wrap(name, original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(tf.nn, name, original)
+
+
+@contextlib.contextmanager
+def recorded_rectifier_inputs():
+    """The input of every rectifier call inside the block, in call order
+    (eager execution)."""
+    inputs = []
+
+    def wrap(name, original):
+        def recording(features, *args, **kwargs):
+            inputs.append(np.asarray(features))
+            return original(features, *args, **kwargs)
+        return recording
+
+    with patched_rectifiers(wrap):
+        yield inputs
+
+
+@contextlib.contextmanager
+def forced_kinks(masks, side):
+    """Inside the block the derivative of the k-th rectifier call is that of
+    ``side`` ('right': 1, 'left': the slope below zero) at the elements
+    ``masks[k]`` marks, wherever their input lies; elsewhere the usual one."""
+    calls = iter(masks)
+
+    def wrap(name, original):
+        def forced(features, *args, **kwargs):
+            mask = tf.constant(next(calls))
+            left = RECTIFIERS[name](kwargs)
+
+            @tf.custom_gradient
+            def rectify(x):
+                def gradient(dy):
+                    one, slope = tf.ones_like(x), tf.cast(left, x.dtype) * tf.ones_like(x)
+                    usual = tf.where(x > 0, one, slope)
+                    return dy * tf.where(mask, one if side == "right" else slope, usual)
+                return original(x, *args, **kwargs), gradient
+
+            return rectify(features)
+        return forced
+
+    with patched_rectifiers(wrap):
+        yield
+
+
+def open_kinks(exact_inputs, sample_inputs):
+    """Per rectifier call, the elements whose input is within float32 noise
+    of the kink: there float32 may take either branch of the derivative.
+    An input's noise is NOISE_LEVELS times the scatter of the float32
+    evaluations' inputs, never less than its channel's (a channel of
+    near-constant activations under batch norm is noisy as a whole, and its
+    level pooled over the batch does not hang on a few draws)."""
+    masks = []
+    for x64, samples in zip(exact_inputs, zip(*sample_inputs)):
+        samples = [np.asarray(s, np.float64) for s in samples]
+        pairs = [(a, b) for i, a in enumerate(samples) for b in samples[i + 1:]]
+        scatter = np.sqrt(np.mean([np.square(a - b) / 2.0 for a, b in pairs], axis=0))
+        channel = np.sqrt(np.mean(np.square(scatter).reshape(-1, scatter.shape[-1]), axis=0))
+        masks.append(np.abs(np.asarray(x64, np.float64)) <= NOISE_LEVELS * np.maximum(scatter, channel))
+    return masks
+
+
+class Evaluation:
+    """What one update computed: the gradients it applied, the batch
+    statistics of every training-mode batch-norm call and the input of every
+    rectifier call."""
+
+    def __init__(self, gradients, statistics, losses, rectifier_inputs=()):
         self.gradients = gradients
         self.statistics = statistics
         self.losses = losses  # what the step returned: losses, or (losses, outputs)
+        self.rectifier_inputs = rectifier_inputs
 
     def loss(self, name):
         losses = self.losses[0] if isinstance(self.losses, tuple) else self.losses
@@ -386,11 +556,11 @@ class Evaluation:
 
 def evaluate_update(gan, networks, optimizer, step, batch, d_call_labels):
     """Run ``step(batch)`` on ``gan``, recording what ``optimizer`` is given."""
-    with recorded_batch_statistics(networks) as records:
+    with recorded_batch_statistics(networks) as records, recorded_rectifier_inputs() as inputs:
         with recorded_gradients(optimizer, variable_names(networks)) as gradients:
             losses = step(batch)
     statistics = label_statistics(records, bn_layer_names(networks), d_call_labels)
-    return Evaluation({k: g.numpy() for k, g in gradients.items()}, statistics, losses)
+    return Evaluation({k: g.numpy() for k, g in gradients.items()}, statistics, losses, inputs)
 
 
 def evaluate_update_with_xla(gan, networks, optimizer, step, batch, d_call_labels):
@@ -513,16 +683,30 @@ class GoldenStage:
     def networks(gan):
         return tuple(gan.networks().values())
 
-    def exact(self, update, values, batch):
-        """``update`` evaluated in float64 from ``values`` and ``batch``."""
+    def exact(self, update, values, batch, kinks=None):
+        """``update`` evaluated in float64 from ``values`` and ``batch``
+        (``kinks``: ``forced_kinks``'s arguments, for its step)."""
         gan = self.make_gan("float64")
         for name in gan.optimizers():
             setattr(gan, name, GradientRecorder())
         nets = self.networks(gan)
         assign_values(nets, values)
         batch = {k: tf.constant(np.asarray(v, np.float64)) for k, v in batch.items()}
-        return evaluate_update(gan, nets, getattr(gan, update.optimizer), getattr(gan, update.step),
-                               batch, update.d_call_labels)
+        with forced_kinks(*kinks) if kinks else contextlib.nullcontext():
+            return evaluate_update(gan, nets, getattr(gan, update.optimizer), getattr(gan, update.step),
+                                   batch, update.d_call_labels)
+
+    def kink_gradients(self, update, values, batch, exact, evaluations):
+        """The exact gradients of ``update`` with the rectifier kinks that
+        float32 leaves open (``open_kinks``) all taken on the right, then all
+        on the left: float32 evaluations may land on either branch there, so
+        both belong to the band of float32 outcomes (empty when none is
+        open)."""
+        masks = open_kinks(exact.rectifier_inputs, [e.rectifier_inputs for e in evaluations])
+        if not any(mask.any() for mask in masks):
+            return []
+        return [self.exact(update, values, batch, kinks=(masks, side)).gradients
+                for side in ("right", "left")]
 
     def run(self, gan, checkpoint):
         """Both updates by ``gan`` (imported from ``checkpoint``): the first
@@ -548,13 +732,15 @@ class GoldenStage:
             ours = evaluate_update(gan, nets, optimizer, step, batch, update.d_call_labels)
             after = reference_values(nets)
             trained = gan.networks()[update.network].reference_variables()
+            exact = self.exact(update, start, batch)
             r[update.phase] = {
                 "start": start, "ours": ours, "after": after, "noise": noise,
+                "kink_gradients": self.kink_gradients(update, start, batch, exact, [ours, *noise]),
                 "slots": {n: [s.numpy() for s in optimizer.slots(v)] for n, v in trained.items()
                           if v.trainable},
                 "powers": [opt.beta_powers() for opt, *_ in gan.reference_optimizer_layout()],
                 "global_step": int(gan.global_step.numpy()),
-                "exact": self.exact(update, start, batch),
+                "exact": exact,
             }
             if not last:
                 start = self.reference_state_after(update, fed.after)
@@ -650,14 +836,20 @@ class GoldenStage:
                                            self.fx.learning_rate)[index]
 
             samples = [e.gradients[name] for e in (ours, *noise)]
+            band = gradient_band(g64, samples, [kinked[name] for kinked in u["kink_gradients"]])
+            weight_key = f"step/{update.phase}/{name}"
+            if weight_key in a:
+                max_step = adam_max_step(m0, v0, beta1_power, beta2_power, self.fx.learning_rate)
+                check_adam_weights(weight_key, after[name], a[weight_key], w0, g64, band, adam(0), adam(1),
+                                   max_step)
+                checked += 1
             for key, value, function in (
                     (f"step/{update.gradient_key}/{name}", ours.gradients[name], None),
-                    (f"step/{update.phase}/{name}", after[name], adam(0)),
                     (f"step/{update.phase}/{name}/{slot_names[0]}", u["slots"][name][0], adam(1)),
                     (f"step/{update.phase}/{name}/{slot_names[1]}", u["slots"][name][1], adam(2))):
                 if key in a:
                     expected = g64 if function is None else function(g64)
-                    noise_level = noise_sensitivity(g64, samples, function)
+                    noise_level = noise_sensitivity(g64, samples, function, band=band)
                     check_update_array(key, value, a[key], expected, noise_level)
                     checked += 1
         moved = set(exact.gradients)

@@ -71,3 +71,23 @@ def test_reference_api_merges_into_the_given_tree(tmp_path):
     tree = default_config()
     cfg_from_file(write(tmp_path, "GAN:\n  NETWORK_TYPE: simple\n"), tree)
     assert tree.GAN.NETWORK_TYPE == "simple"
+
+
+def test_the_stage_ii_configs_continue_their_stage_i_configs():
+    """README's path, Stage-I then Stage-II on the same data: each Stage-II
+    config starts where its Stage-I config stops (PRETRAINED_EPOCH is
+    Stage-I's MAX_EPOCH: the learning rates decay after it) and trains on
+    (MAX_EPOCH above it; the epochs count on from Stage-I's counter), with
+    the dataset, text embeddings and networks of its Stage-I config."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = sorted(os.listdir(os.path.join(root, "stageII", "cfg")))
+    assert "shapes.yml" in names
+    for name in names:
+        stage_i = load_config(os.path.join(root, "stageI", "cfg", name))
+        stage_ii = load_config(os.path.join(root, "stageII", "cfg", name))
+        assert stage_ii.TRAIN.PRETRAINED_EPOCH == stage_i.TRAIN.MAX_EPOCH, name
+        assert stage_ii.TRAIN.MAX_EPOCH > stage_ii.TRAIN.PRETRAINED_EPOCH, name
+        for key in ("DATASET_NAME", "EMBEDDING_TYPE", "Z_DIM"):
+            assert stage_ii[key] == stage_i[key], (name, key)
+        for key in ("EMBEDDING_DIM", "GF_DIM", "DF_DIM", "NETWORK_TYPE"):
+            assert stage_ii.GAN[key] == stage_i.GAN[key], (name, key)

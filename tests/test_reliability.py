@@ -456,7 +456,7 @@ def test_gpu_ids_are_checked(monkeypatch, capsys):
         experiment.make_strategy("0,2")
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     messages = []
-    assert experiment.make_strategy("0", log=messages.append) is tf.distribute.get_strategy()
+    assert experiment.make_strategy("0", log=messages.append)[0] is tf.distribute.get_strategy()
     assert messages[0].startswith("warning: --gpu 0: no GPU is visible to TensorFlow")
 
 

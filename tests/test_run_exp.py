@@ -3,9 +3,11 @@
 import glob
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 from golden_support import tiny_config, unpack_checkpoint
 from misc import callbacks as callbacks_module
 from misc import experiment, safe_pickle
-from misc.checkpoints import restore_native
+from misc.checkpoints import describe_checkpoint, restore_native
 from misc.datasets import Split, load_dataset
 from stageI import experiment as stage_i
 from stageII import experiment as stage_ii
@@ -84,7 +86,8 @@ def test_stage_i_trains_and_writes_snapshots_summaries_and_images(workdir, capsy
         assert Image.open(os.path.join(log_dir, name)).size == (3 * 64, 2 * 64)
     assert open(os.path.join(log_dir, "test.txt")).read().count("***row") == 2
     lines = epoch_lines(capsys.readouterr().out)
-    assert len(lines) == 2 and lines[0].startswith("Epoch 0 | d_loss: ")
+    assert len(lines) == 2 and lines[0].startswith("Epoch 1/2 | d_loss: ")
+    assert lines[1].startswith("Epoch 2/2 | d_loss: ")
 
 
 def test_a_native_snapshot_restores_every_weight(workdir):
@@ -215,14 +218,29 @@ def test_command_line_from_the_repository_root_without_pythonpath(workdir):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "stageI", "run_exp.py"), "--cfg", "cli.yml"],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Epoch 0 | d_loss" in done.stdout and glob.glob("ckt_logs/tiny/stageI_*/model-3.index")
-    write_config("bad.yml", tiny_train_config(**{"TRAIN.PRETRAINED_MODEL": "missing.ckpt"}))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "stageII", "run_exp.py"), "--cfg", "bad.yml"],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and done.stderr.startswith("error: missing.ckpt: checkpoint not found")
-    # one line: TensorFlow's start-up lines (absl banner, INFO notes, and without an NVIDIA driver
-    # the cuInit failure) follow TF_CPP_MIN_LOG_LEVEL
-    assert done.stderr.count("\n") == 1, done.stderr
+    assert "Epoch 1/1 | d_loss" in done.stdout and glob.glob("ckt_logs/tiny/stageI_*/model-3.index")
+    # Not a terminal: plain dated progress lines, no bar; a closing line names the outputs.
+    assert "\x1b" not in done.stdout and "\b" not in done.stdout and "\r" not in done.stdout
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch 1/1, iteration 3/3, [\d.e-]+ s/iteration, "
+                     r"0:00:00 left: d_loss: [\d.]+; g_loss: [\d.]+$", done.stdout, re.M), done.stdout
+    (run_dir,) = glob.glob("ckt_logs/tiny/stageI_*")
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"Done: iteration 3 (epoch 1) in {run_dir}: the snapshot model-3, the sample sheets test.jpg, "
+        f"train.jpg; TensorBoard: tensorboard --logdir {run_dir}")
+    # README's Stage-II step before its Stage-I step: one line saying to train
+    # Stage-I first, before the dataset is generated.
+    started = time.monotonic()
+    command = [sys.executable, os.path.join(ROOT, "stageII", "run_exp.py"), "--cfg",
+               os.path.join(ROOT, "stageII", "cfg", "shapes.yml")]
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and time.monotonic() - started < 60
+    assert done.stderr == (
+        "error: ckt_logs/shapes: no model to start Stage-II from (TRAIN.PRETRAINED_MODEL). Train Stage-I "
+        "first: python stageI/run_exp.py --cfg stageI/cfg/shapes.yml; Stage-II then starts from its newest "
+        "snapshot.\n")
+    # (one line: TensorFlow's start-up lines -- absl banner, INFO notes, and without an
+    # NVIDIA driver the cuInit failure -- follow TF_CPP_MIN_LOG_LEVEL)
+    assert not os.path.exists(os.path.join("data", "shapes"))
 
 
 STAGE_II = {"CONFIG_NAME": "stageII", "TRAIN.PRETRAINED_EPOCH": 0}
@@ -235,7 +253,7 @@ def test_stage_ii_starts_from_stage_i_trains_resumes_and_evaluates(workdir, caps
         **STAGE_II, **{"TRAIN.PRETRAINED_MODEL": start})))
     # Stage-I trainable weights and the counter come over, not the BN statistics.
     gan = stage_ii.build_gan(config, 24, tf.distribute.get_strategy())
-    stage_ii.restore(gan, start, config, load_dataset(config, 4, splits=("train",)))
+    stage_ii.restore(gan, describe_checkpoint(start), config, load_dataset(config, 4, splits=("train",)))
     first = stage_i.build_gan(config, 24, tf.distribute.get_strategy())
     restore_native(first, start)
     assert int(gan.counter.numpy()) == 3
@@ -282,7 +300,8 @@ def test_stage_ii_starts_from_a_reference_stage_i_checkpoint(workdir, tmp_path):
     config = tiny_config()
     config.DATASET_NAME = "tiny32"
     gan = stage_ii.build_gan(config, 32, tf.distribute.get_strategy())
-    path, stage = stage_ii.restore(gan, checkpoint, config, load_dataset(config, 4, splits=("train",)))
+    path, stage = stage_ii.restore(gan, describe_checkpoint(checkpoint), config,
+                                   load_dataset(config, 4, splits=("train",)))
     assert stage == 1 and int(gan.counter.numpy()) == 100  # from model_100.ckpt
     reader = tf.train.load_checkpoint(checkpoint)
     for net in (gan.generator, gan.discriminator):
