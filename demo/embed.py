@@ -1,87 +1,17 @@
-"""Embed captions with the authors' char-CNN-RNN text encoder, as the StackGAN
-demo's ``get_embedding.lua`` does, without Lua, Torch or a GPU.
+"""Embed captions with the authors' char-CNN-RNN text encoder, as get_embedding.lua.
 
-    python demo/embed.py --text-encoder ENC.t7 --captions FILE.txt --out OUT.t7
-    python demo/embed.py --text-encoder ENC.t7 --captions FILE.txt --out OUT.npy
-    python demo/embed.py --text-encoder ENC.t7 --dataset data/birds [--force]
+    python demo/embed.py --help
 
-ENC.t7 is one of the authors' encoders (``lm_sje_nc4_cub_hybrid_gru18_a1_c512_
-0.00070_1_10_trainvalids.txt_iter30000.t7`` for birds, ``lm_sje_flowers_c10_
-hybrid_0.00070_1_10_trainvalids.txt_iter16400.t7`` for flowers; README, "Your
-own captions").  Every line of FILE.txt is a caption, read as bytes, empty
-lines included, as Lua's ``io.lines`` reads it.  OUT.t7 is what
-get_embedding.lua saves (``raw_txt``, ``fea_txt``; demo.py takes it as
-``--caption_path``); OUT.npy a float32 [N, 1024] array (demo.py takes it with
-``--caption_file FILE.txt``).  ``--dataset DIR`` embeds every image's captions
-(``DIR/text_c10``) into ``DIR/{train,test}/char-CNN-RNN-embeddings.pickle``
-(N x captions x 1024, in filenames.pickle order); an existing file is
-replaced only with ``--force``.
-
-``--lowercase`` lower-cases A-Z first: a deviation from get_embedding.lua,
-whose alphabet has no capitals (they become all-zero columns), for captions
-typed with a capital at the start (raw_txt keeps the lines as written).  The
-last line reports the speed.
+The work is done by misc/commands/embed.py (its docstring says what it takes and
+writes); this file is only the entry point.
 """
 
-import argparse
 import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-import misc.startup  # before TensorFlow: its start-up lines follow that level
-
-from misc import experiment
-from misc.caption_embeddings import check_output, embed_dataset, read_caption_file, write_embeddings
-from misc.char_cnn_rnn import DEFAULT_BATCH_SIZE, embed_captions, load_encoder
-from misc.config import ConfigError
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Embed captions with the authors' char-CNN-RNN text encoder (see the module docstring).")
-    parser.add_argument("--text-encoder", "--text_encoder", dest="text_encoder", required=True,
-                        help="the authors' char-CNN-RNN encoder (.t7)")
-    parser.add_argument("--captions", default=None, help="a text file, one caption per line")
-    parser.add_argument("--out", default=None, help="OUT.t7 (get_embedding.lua's layout) or OUT.npy")
-    parser.add_argument("--dataset", default=None,
-                        help="a dataset folder: embed its text_c10 captions into train/ and test/")
-    parser.add_argument("--force", action="store_true",
-                        help="with --dataset: replace existing char-CNN-RNN-embeddings.pickle files")
-    parser.add_argument("--lowercase", action="store_true",
-                        help="lower-case A-Z before embedding (not done by get_embedding.lua)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
-                        default=DEFAULT_BATCH_SIZE, help=f"captions per batch (default {DEFAULT_BATCH_SIZE})")
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    """Run the command; returns the number of captions embedded."""
-    args = parse_args(argv)
-    if (args.dataset is None) == (args.captions is None) or (args.captions is None) != (args.out is None):
-        raise ConfigError("give --captions FILE.txt --out OUT.t7|OUT.npy, or --dataset DIR.")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size {args.batch_size}: give at least 1.")
-    if args.captions is not None:
-        check_output(args.out)
-        captions = read_caption_file(args.captions)
-    model, _ = load_encoder(args.text_encoder)
-    print(model.describe())
-    start, cpu_start = time.perf_counter(), time.process_time()
-    if args.dataset is not None:
-        count = embed_dataset(model, args.dataset, force=args.force, lowercase=args.lowercase)
-    else:
-        embeddings = embed_captions(model, captions, lowercase=args.lowercase, batch_size=args.batch_size)
-        write_embeddings(args.out, captions, embeddings)
-        print(f"Wrote {args.out}: {len(captions)} captions, embeddings {list(embeddings.shape)}")
-        count = len(captions)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    print(f"Embedded {count} captions in {seconds:.1f} s ({cpu_seconds:.1f} s of CPU time): "
-          f"{count / max(seconds, 1e-9):.0f} captions/s")
-    return count
-
+from misc.commands.embed import cli
 
 if __name__ == "__main__":
-    experiment.run_main(main)
+    cli()

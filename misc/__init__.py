@@ -1,0 +1,20 @@
+"""The StackGAN library, by job (each subpackage's docstring says more):
+
+config.py    the config tree (the reference's, and extensions), its checks,
+             and the one-line errors every command reports
+data/        datasets in the reference format: loading, sampling, the input
+             pipeline, pictures, pickles, atomic writes, the bundled shapes
+             dataset and its caption encoder
+nets/        network building blocks: the reference layers and blocks,
+             conditioning augmentation, the char-CNN-RNN text encoder
+reference/   the authors' files: TF 0.11/0.12 checkpoints and their import,
+             torch7 (.t7) files and their text encoders
+training/    the trainer base, losses, Adam, callbacks, the training loop,
+             snapshots, devices and clusters, XLA and precision, the benchmark
+evaluation/  trained models in use: sampling, caption embeddings, Inception
+             Score, FID, the shapes attributes
+commands/    the command lines (parse, then start TensorFlow, then work)
+
+The two stages' networks, update rules and experiments are in stageI/ and
+stageII/; misc/commands/stages.py drives both.
+"""

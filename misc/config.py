@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 from easydict import EasyDict as edict
 
-from misc.datasets import EMBEDDING_FILES
-from misc.input_files import InputFileError, open_regular, short_repr
+from misc.data.formats import EMBEDDING_FILES
+from misc.data.input_files import InputFileError, open_regular, short_repr
 
 # The Stage-I network variants (GAN.NETWORK_TYPE); Stage-II exists only for
 # the first.
@@ -97,8 +97,36 @@ def default_config():
     return c
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be merged into the default tree."""
+# Where the commands write what is not a training run (the demo's sheets of
+# typed captions, the evaluator's results) unless told otherwise: a folder of
+# the current directory (gitignored in the repository).
+OUTPUT_ROOT = "outputs"
+
+
+class UserError(Exception):
+    """A failure the user can fix, whose message names the file or key, what
+    is wrong and the fix: every command prints it as one line ``error: ...``
+    and exits with ``exit_code`` (misc/commands/common.py).  The errors of
+    each part of the library derive from it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """A config value or command-line option that cannot be used."""
+
+
+class DatasetError(UserError):
+    """Bad or missing dataset input; the message names the path and the fix."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be loaded into the models at hand."""
+
+
+class InputError(DatasetError):
+    """Bad input to sampling (embeddings, captions, noise); names the path
+    and the fix."""
 
 
 def _type_name(value):
@@ -291,3 +319,15 @@ def validate_config(config, stage=None, source=None):
             fail("GAN.GF_DIM", config.GAN.GF_DIM, "Stage-II needs at least 4 (its last layers have "
                                                   "GF_DIM / 4 channels)")
     return config
+
+
+def parse_gpu_ids(text):
+    """--gpu '0' or '0,1' -> [0] or [0, 1]: distinct non-negative ids."""
+    usage = f"--gpu {text!r}: give GPU ids such as 0 or 0,1 (distinct, from 0)."
+    try:
+        ids = [int(part) for part in str(text).split(",") if part.strip() != ""]
+    except ValueError:
+        raise ConfigError(usage) from None
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise ConfigError(usage)
+    return ids

@@ -11,11 +11,11 @@ pair, and the discriminator's encoder has BN layers without an activation.
 import keras
 import tensorflow as tf
 
-from misc.blocks import ConditionalLogit, LayerFactory, relu, up
-from misc.conditioning import ConditioningAugmentation
 from misc.config import NETWORK_TYPES
-from misc.datasets import LR_IMAGE_SIZE
-from misc.layers import BatchNorm, Chain, ReferenceNamer, leaky_relu, reference_variables
+from misc.data.formats import LR_IMAGE_SIZE
+from misc.nets.blocks import ConditionalLogit, LayerFactory, relu, up
+from misc.nets.conditioning import ConditioningAugmentation
+from misc.nets.layers import BatchNorm, Chain, ReferenceNamer, leaky_relu, reference_variables
 
 
 def check_network_type(network_type):

@@ -1,35 +1,37 @@
 """Stage-I training: one discriminator update, then one generator update, per
 batch, each with its own noise, exactly as the reference loop.
 
-``StageIUpdates`` holds the reference's Stage-I update rules (losses, the
-discriminator step, the generator step) as functions of the networks and
-optimizers they are given; ``StageIGAN`` applies them to its own networks,
-and the Stage-II trainer reuses them for its networks and for the Stage-I
-networks it fine-tunes.
+``StageIRules`` are the reference's Stage-I update rules -- the losses of a
+discriminator run and a generator run, and their gradients -- on whatever
+networks they are given; the trainer (``StageIGAN``) runs them on its
+networks and applies the gradients.  The Stage-II trainer reuses the rules
+for its own networks and for the Stage-I networks it fine-tunes.
+
+One name per layer of an update: the trainer's ``*_update`` (run the rules,
+apply the gradients), the rules' ``*_gradients`` (differentiate) and
+``*_losses`` (the forward passes and losses).
 """
 
 import tensorflow as tf
 
-from misc.acceleration import use_xla
-from misc.gan_trainer import GANTrainer, learning_rate_for_epoch
-from misc.image_utils import normalize_images
-from misc.losses import discriminator_losses, generator_adversarial_loss, kl_loss
-from misc.optimizers import ReferenceAdam
+from misc.training.acceleration import use_xla
+from misc.training.gan_trainer import GANTrainer, learning_rate_for_epoch, normalize_images
+from misc.training.losses import discriminator_losses, generator_adversarial_loss, kl_loss
+from misc.training.optimizers import ReferenceAdam
 
 
-class StageIUpdates:
-    """The reference's Stage-I updates on given networks and optimizers.
+class StageIRules:
+    """The reference's Stage-I losses and gradients on given networks.
 
-    ``apply_gradients(optimizer, gradients, variables)`` applies one update
-    (the trainer's, which also counts ``global_step``); ``scale_loss(optimizer,
-    loss)`` is the loss to differentiate for it (loss scaling under float16).  ``kl_coeff``,
-    ``use_wrong`` and ``cond_augmentation`` are TRAIN.COEFF.KL, TRAIN.B_WRONG
-    and TRAIN.COND_AUGMENTATION.
+    Keyword arguments:
+      kl_coeff: TRAIN.COEFF.KL, the weight of the CA's KL term.
+      use_wrong: TRAIN.B_WRONG, the discriminator's wrong-pair term.
+      cond_augmentation: TRAIN.COND_AUGMENTATION (without it no KL term).
+    ``scale(loss)`` (the gradients' methods) is the loss to differentiate:
+    scaled by a dynamic loss scale under float16, else the loss itself.
     """
 
-    def __init__(self, apply_gradients, scale_loss, *, kl_coeff=2.0, use_wrong=True, cond_augmentation=True):
-        self.apply_gradients = apply_gradients
-        self.scale_loss = scale_loss
+    def __init__(self, *, kl_coeff=2.0, use_wrong=True, cond_augmentation=True):
         self.kl_coeff = kl_coeff
         self.use_wrong = use_wrong
         self.cond_augmentation = cond_augmentation
@@ -41,11 +43,12 @@ class StageIUpdates:
             return tf.constant(0.0)
         return self.kl_coeff * kl_loss(ca_out["mean"], ca_out["log_sigma"])
 
-    def _discriminator_passes(self, discriminator, real, wrong, fake, embeddings):
+    def discriminator_losses(self, discriminator, real, wrong, fake, embeddings):
         """D on the three image sets, each pass with its own batch statistics,
         and the reference losses: ``d_loss``, ``d_loss_real``,
         ``d_loss_wrong`` (with B_WRONG), ``d_loss_fake`` and ``g_loss_fake``
-        (the generator's adversarial term on the same fakes).
+        (the generator's adversarial term on the same fakes).  Returns
+        (losses, logits).
 
         The reference leaves the order of the three moving-average updates
         undefined (docs/reference_quirks.md#q11); we apply them wrong, real,
@@ -59,44 +62,30 @@ class StageIUpdates:
         losses["g_loss_fake"] = generator_adversarial_loss(fake_logit)
         return losses, {"logit_real": real_logit, "logit_wrong": wrong_logit, "logit_fake": fake_logit}
 
-    def discriminator_update(self, discriminator, optimizer, real, wrong, fake, embeddings):
-        """D's three passes on given fakes and, unless ``optimizer`` is None,
-        one D update on ``d_loss``; returns the losses and logits (see
-        ``_discriminator_passes``)."""
+    def discriminator_gradients(self, discriminator, real, wrong, fake, embeddings, scale):
+        """The gradients of ``d_loss`` for D's trainable weights (the fakes
+        held constant), and ``discriminator_losses``'s losses and logits."""
         fake = tf.stop_gradient(fake)
-        if optimizer is None:
-            return self._discriminator_passes(discriminator, real, wrong, fake, embeddings)
         with tf.GradientTape() as tape:
-            losses, logits = self._discriminator_passes(discriminator, real, wrong, fake, embeddings)
-            objective = self.scale_loss(optimizer, losses["d_loss"])
-        variables = discriminator.trainable_weights
-        self.apply_gradients(optimizer, tape.gradient(objective, variables), variables)
-        return losses, logits
+            losses, logits = self.discriminator_losses(discriminator, real, wrong, fake, embeddings)
+            objective = scale(losses["d_loss"])
+        return tape.gradient(objective, discriminator.trainable_weights), losses, logits
 
-    def discriminator_step(self, generator, discriminator, optimizer, real, wrong, embeddings, eps, z):
-        """The reference's D run: G forward in training mode (its batch norms
-        update), D's three passes, a D update; also the G loss that run
-        logged.  Returns (losses, outputs: CA, fakes and logits)."""
+    def generator_losses(self, generator, discriminator, embeddings, eps, z):
+        """G (CA included) on fresh noise and D's verdict on its fakes, both
+        in training mode: ``g_loss`` = adversarial term + KL term."""
         g_out = generator(embeddings, eps, z, training=True)
-        losses, logits = self.discriminator_update(discriminator, optimizer, real, wrong,
-                                                   g_out["images"], embeddings)
-        losses["g_loss_kl_loss"] = self.kl_term(g_out)
-        losses["g_loss"] = losses["g_loss_fake"] + losses["g_loss_kl_loss"]
-        return losses, {**logits, **g_out}
+        adversarial = generator_adversarial_loss(discriminator(g_out["images"], embeddings, training=True))
+        kl = self.kl_term(g_out)
+        return {"g_loss": adversarial + kl, "g_loss_kl_loss": kl, "g_loss_fake": adversarial}
 
-    def generator_step(self, generator, discriminator, optimizer, embeddings, eps, z):
-        """The reference's G run: G (CA included) is updated through D's
-        verdict (D in training mode) on fresh fakes."""
+    def generator_gradients(self, generator, discriminator, embeddings, eps, z, scale):
+        """The gradients of ``g_loss`` for G's trainable weights, and the
+        losses."""
         with tf.GradientTape() as tape:
-            g_out = generator(embeddings, eps, z, training=True)
-            fake_logit = discriminator(g_out["images"], embeddings, training=True)
-            adversarial = generator_adversarial_loss(fake_logit)
-            kl = self.kl_term(g_out)
-            g_loss = adversarial + kl
-            objective = self.scale_loss(optimizer, g_loss)
-        variables = generator.trainable_weights
-        self.apply_gradients(optimizer, tape.gradient(objective, variables), variables)
-        return {"g_loss": g_loss, "g_loss_kl_loss": kl, "g_loss_fake": adversarial}
+            losses = self.generator_losses(generator, discriminator, embeddings, eps, z)
+            objective = scale(losses["g_loss"])
+        return tape.gradient(objective, generator.trainable_weights), losses
 
 
 class StageIGAN(GANTrainer):
@@ -106,7 +95,7 @@ class StageIGAN(GANTrainer):
     float, B x s x s x 3), ``embeddings`` (B x D) and the noise of both
     updates: ``d_eps``, ``d_z`` (discriminator update) and ``g_eps``, ``g_z``
     (generator update); ``eps`` is truncated normal (B x EMBEDDING_DIM),
-    ``z`` normal (B x Z_DIM).
+    ``z`` normal (B x Z_DIM).  Keyword arguments: those of ``StageIRules``.
     """
 
     epoch_log_keys = ("d_loss", "g_loss")
@@ -116,8 +105,7 @@ class StageIGAN(GANTrainer):
         super().__init__(name=name, **kwargs)
         self.generator = generator
         self.discriminator = discriminator
-        self.updates = StageIUpdates(self.apply_gradients, self.scale_loss, kl_coeff=kl_coeff,
-                                     use_wrong=use_wrong, cond_augmentation=cond_augmentation)
+        self.rules = StageIRules(kl_coeff=kl_coeff, use_wrong=use_wrong, cond_augmentation=cond_augmentation)
 
     @classmethod
     def from_config_tree(cls, config, generator, discriminator, jit_compile=None):
@@ -158,22 +146,32 @@ class StageIGAN(GANTrainer):
         return {"d_eps": (ef, "truncated_normal"), "d_z": (z, "normal"),
                 "g_eps": (ef, "truncated_normal"), "g_z": (z, "normal")}
 
-    def discriminator_step(self, batch):
-        """Update D; return the reference's D-run values (incl. its g_loss)
-        and outputs (CA, fakes, logits)."""
-        return self.updates.discriminator_step(
-            self.generator, self.discriminator, self.d_optimizer,
-            normalize_images(batch["images"]), normalize_images(batch["wrong_images"]),
-            batch["embeddings"], batch["d_eps"], batch["d_z"])
+    def discriminator_update(self, batch):
+        """The reference's D run: G forward in training mode (its batch norms
+        update), D's three passes, one D update; also the G loss that run
+        logged.  Returns (losses, outputs: CA, fakes and logits)."""
+        embeddings = batch["embeddings"]
+        g_out = self.generator(embeddings, batch["d_eps"], batch["d_z"], training=True)
+        gradients, losses, logits = self.rules.discriminator_gradients(
+            self.discriminator, normalize_images(batch["images"]), normalize_images(batch["wrong_images"]),
+            g_out["images"], embeddings, self.loss_scale(self.d_optimizer))
+        self.apply_gradients(self.d_optimizer, gradients, self.discriminator.trainable_weights)
+        losses["g_loss_kl_loss"] = self.rules.kl_term(g_out)
+        losses["g_loss"] = losses["g_loss_fake"] + losses["g_loss_kl_loss"]
+        return losses, {**logits, **g_out}
 
-    def generator_step(self, batch):
-        """Update G (CA included) through D's verdict on fresh fakes."""
-        return self.updates.generator_step(self.generator, self.discriminator, self.g_optimizer,
-                                           batch["embeddings"], batch["g_eps"], batch["g_z"])
+    def generator_update(self, batch):
+        """The reference's G run: G (CA included) updated through D's verdict
+        (D in training mode) on fresh fakes.  Returns its losses."""
+        gradients, losses = self.rules.generator_gradients(
+            self.generator, self.discriminator, batch["embeddings"], batch["g_eps"], batch["g_z"],
+            self.loss_scale(self.g_optimizer))
+        self.apply_gradients(self.g_optimizer, gradients, self.generator.trainable_weights)
+        return losses
 
     def train_step(self, batch):
-        d_losses, d_out = self.discriminator_step(batch)
-        g_losses = self.generator_step(batch)
+        d_losses, d_out = self.discriminator_update(batch)
+        g_losses = self.generator_update(batch)
         # As the reference's summaries: d_* from the D run, g_* from the G run.
         summaries = {k: v for k, v in d_losses.items() if k.startswith("d_")}
         summaries.update({k: g_losses[k] for k in ("g_loss", "g_loss_kl_loss")})

@@ -1,35 +1,37 @@
-"""The Stage-II experiment: build the trainer, start it from a Stage-I
-checkpoint or resume a Stage-II one, train it with per-epoch previews, or
-write evaluation sheets.
+"""The Stage-II experiment, as misc/commands/train.py drives both stages:
+build the trainer, start it from a Stage-I checkpoint or resume a Stage-II
+one, the per-epoch previews and the evaluation sheets.
 
-``main(argv)`` is what ``python stageII/run_exp.py --cfg ... [--gpu ...]``
-runs.  TRAIN.PRETRAINED_MODEL names the Stage-I checkpoint to start from (its
-trainable Stage-I weights are restored, not its batch-norm statistics, and
-its iteration counter is kept, as the reference: docs/reference_quirks.md#q12)
-or a Stage-II checkpoint to resume.  TRAIN.FLAG False writes evaluation
-sheets for the test captions.
+``python stageII/run_exp.py --cfg ... [--gpu ...]``: TRAIN.PRETRAINED_MODEL
+names the Stage-I checkpoint to start from (its trainable Stage-I weights
+are restored, not its batch-norm statistics, and its iteration counter is
+kept, as the reference: docs/reference_quirks.md#q12) or a Stage-II
+checkpoint to resume.  TRAIN.FLAG False writes evaluation sheets for the
+test captions.
 """
 
-import functools
 import glob
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from misc import experiment
-from misc.acceleration import choose_step, dtype_policy
-from misc.checkpoints import check_embedding_dim, copy_trainable_weights, describe_checkpoint, restore_native
-from misc.datasets import HR_LR_RATIO, LR_IMAGE_SIZE, load_dataset
-from misc.image_utils import save_image, superimage, to_uint8
-from misc.reference_import import import_reference_checkpoint
-from misc.sampling import MAX_COPIES
-from misc.superimages import stage_ii_sheet
-from misc.tf1_checkpoint import CheckpointError
+from misc.config import CheckpointError
+from misc.data.formats import HR_LR_RATIO, LR_IMAGE_SIZE
+from misc.data.images import save_image, superimage, to_uint8
+from misc.data.superimages import stage_ii_sheet, write_captions
+from misc.reference.importer import import_reference_checkpoint
+from misc.training.acceleration import choose_step, dtype_policy
+from misc.training.checkpoints import (
+    check_embedding_dim,
+    copy_trainable_weights,
+    describe_checkpoint,
+    restore_native,
+)
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 from stageII.model import build_stage_ii
-from stageII.trainer import StageIIGAN, learning_rate_schedule
+from stageII.trainer import StageIIGAN
 
 
 def build_gan(config, embedding_dim, strategy=None, lr_size=LR_IMAGE_SIZE, choices=None):
@@ -72,8 +74,7 @@ def stage_i_command(cfg_file):
 def restore(gan, info, config, dataset, split="train"):
     """Load TRAIN.PRETRAINED_MODEL (its ``CheckpointInfo``): a Stage-II
     checkpoint resumes everything; a Stage-I checkpoint initialises the
-    Stage-I networks' trainable weights and the counter.  Returns
-    (checkpoint path, its stage)."""
+    Stage-I networks' trainable weights and the counter.  Returns its path."""
     embedding_dim = dataset.embedding_shape[0]
     check_embedding_dim(info, embedding_dim, dataset.embedding_path(split))
     print(f"Reading model parameters from {info.path} (Stage-{'I' * info.stage} checkpoint)")
@@ -92,7 +93,7 @@ def restore(gan, info, config, dataset, split="train"):
         report = import_reference_checkpoint(gan, info.path, trainable_only=True, scopes=("g_net", "d_net"),
                                              optimizer_state=False, network_type=info.network_type)
         print(report.summary())
-    return info.path, info.stage
+    return info.path
 
 
 def epoch_preview(gan, dataset, config, log_dir):
@@ -123,63 +124,20 @@ def epoch_preview(gan, dataset, config, log_dir):
                     save_image(image, os.path.join(log_dir, f"{prefix}_fake_{name}.jpg"))
                     tf.summary.image(f"{prefix}_{name}", image[None])
                 if captions is not None:
-                    experiment.write_captions(captions, os.path.join(log_dir, f"{name}.txt"))
+                    write_captions(captions, os.path.join(log_dir, f"{name}.txt"))
 
     return preview
 
 
-def evaluate(gan, split, checkpoint_path, config):
-    """For the first caption of every test image: NUM_COPY (at most
-    MAX_COPIES) Stage-I and Stage-II samples on the reference's sheet."""
-    n = min(MAX_COPIES, config.TRAIN.NUM_COPY)
-    out_dir = os.path.join(experiment.evaluation_dir(checkpoint_path, n), "test")
-    batch = config.TRAIN.BATCH_SIZE
-    print(f"num_examples: {split.num_examples}; writing samples to {out_dir}")
-    for start in range(0, split.num_examples, batch):
-        ids = np.arange(start, min(start + batch, split.num_examples))
-        samples = [gan.sample(experiment.first_caption_embeddings(split, ids)) for _ in range(n)]
-        reals = split.center_crops(ids)
-        for j, index in enumerate(ids):
-            captions = split.captions(index)
-            sheet = stage_ii_sheet([lr[j] for lr, _ in samples], [hr[j] for _, hr in samples],
-                                   captions[0] if captions else "", real=reals[j])
-            save_image(sheet, os.path.join(out_dir, f"{split.filenames[index]}_sentence0.jpg"))
-    return out_dir
-
-
-def main(argv=None):
-    args = experiment.parse_args("Train or evaluate the Stage-II StackGAN", argv)
-    config = experiment.load_run_config(args, stage=2)
-    experiment.print_config(config)
-    strategy, choices = experiment.make_strategy(args.gpu, config, training=config.TRAIN.FLAG,
-                                                 names=experiment.typed_names(args))
-    pretrained = config.TRAIN.PRETRAINED_MODEL
-    start_info = start_checkpoint(pretrained, args.cfg_file) if pretrained else None
-    if config.TRAIN.FLAG:
-        experiment.check_batch_size(config.TRAIN.BATCH_SIZE, strategy)
-        dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, captions=experiment.caption_splits(config))
-        experiment.iterations_per_epoch(dataset.train, config.TRAIN.BATCH_SIZE)
-        embedding_dim = dataset.embedding_shape[0]
-        gan = build_gan(config, embedding_dim, strategy, choices=choices)
-        start = None
-        if pretrained:
-            start, _ = restore(gan, start_info, config, dataset)
-        else:
-            print("Created model with fresh parameters. Warning: TRAIN.PRETRAINED_MODEL is empty, "
-                  "so Stage-II trains on an untrained (and frozen, unless TRAIN.FINETUNE_LR) "
-                  "Stage-I generator.")
-        experiment.train(gan, dataset.train, config, functools.partial(epoch_preview, gan, dataset, config),
-                         learning_rate_schedule(config), start_path=start, keep_every_n_hours=5)
-    else:
-        if not pretrained:
-            raise CheckpointError("TRAIN.FLAG is False (evaluation) but TRAIN.PRETRAINED_MODEL "
-                                  "is empty: set it to the Stage-II checkpoint to evaluate.")
-        dataset = load_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",), captions=("test",))
-        embedding_dim = dataset.embedding_shape[0]
-        gan = build_gan(config, embedding_dim, strategy, choices=choices)
-        path, stage = restore(gan, start_info, config, dataset, "test")
-        if stage != 2:
-            raise CheckpointError(f"{path}: a Stage-I checkpoint; Stage-II evaluation needs a "
-                                  "Stage-II checkpoint (evaluate Stage-I with stageI/run_exp.py).")
-        out_dir = evaluate(gan, dataset.test, path, config)
-        print(f"Evaluation samples written to {out_dir}")
+def evaluation_sheets(gan, split, ids, n):
+    """For the first caption of test images ``ids``: ``n`` Stage-I and
+    Stage-II samples each on the reference's sheet, with the real image and
+    the caption."""
+    samples = [gan.sample(split.first_caption_embeddings(ids)) for _ in range(n)]
+    reals = split.center_crops(ids)
+    sheets = []
+    for j, index in enumerate(ids):
+        captions = split.captions(index)
+        sheets.append(stage_ii_sheet([lr[j] for lr, _ in samples], [hr[j] for _, hr in samples],
+                                     captions[0] if captions else "", real=reals[j]))
+    return sheets

@@ -9,10 +9,10 @@ that the reference variable names follow (docs/reference_quirks.md#names).
 import keras
 import tensorflow as tf
 
-from misc.blocks import ConditionalLogit, LayerFactory, ResidualBlock, relu, up
-from misc.conditioning import ConditioningAugmentation
-from misc.datasets import LR_IMAGE_SIZE
-from misc.layers import Chain, ReferenceNamer, leaky_relu, reference_variables, tile_to_map, track_layers
+from misc.data.formats import LR_IMAGE_SIZE
+from misc.nets.blocks import ConditionalLogit, LayerFactory, ResidualBlock, relu, up
+from misc.nets.conditioning import ConditioningAugmentation
+from misc.nets.layers import Chain, ReferenceNamer, leaky_relu, reference_variables, tile_to_map, track_layers
 from stageI.model import StageIDiscriminator, StageIGenerator, check_image_size
 
 

@@ -17,17 +17,49 @@ and Stage-I G on their own losses at FT_LR_RETIO * lr
 
 import tensorflow as tf
 
-from misc.acceleration import use_xla
-from misc.gan_trainer import GANTrainer, learning_rate_for_epoch
-from misc.image_utils import normalize_images
-from misc.layers import downsample_like_reference
-from misc.losses import generator_adversarial_loss
-from misc.optimizers import ReferenceAdam
-from stageI.trainer import StageIUpdates
+from misc.nets.layers import downsample_like_reference
+from misc.training.acceleration import use_xla
+from misc.training.gan_trainer import GANTrainer, learning_rate_for_epoch, normalize_images
+from misc.training.losses import generator_adversarial_loss
+from misc.training.optimizers import ReferenceAdam
+from stageI.trainer import StageIRules
 
 
 def prefixed(prefix, values):
     return {prefix + k: v for k, v in values.items()}
+
+
+class StageIIRules(StageIRules):
+    """The reference's Stage-II rules: the Stage-I ones (the Stage-II D and
+    its losses are the Stage-I ones on the high-resolution networks), and
+    the Stage-II generator's loss, through the Stage-I generator it starts
+    from."""
+
+    def hr_generator_gradients(self, generator, hr_generator, hr_discriminator, embeddings, eps, z,
+                               hr_eps, scale, finetune_scale=None):
+        """The Stage-I G (training mode, frozen: outside the tape) makes
+        images, the Stage-II G (CA included) refines them, D's verdict gives
+        ``hr_g_loss``.  Returns (its gradients for the Stage-II G, with
+        ``finetune_scale`` (FINETUNE_LR) its gradients for the Stage-I G from
+        the same state, else None; the losses)."""
+        finetune = finetune_scale is not None
+        with tf.GradientTape(persistent=finetune) as tape:
+            if finetune:
+                g_out = generator(embeddings, eps, z, training=True)
+            else:
+                with tape.stop_recording():
+                    g_out = generator(embeddings, eps, z, training=True)
+            hr_out = hr_generator(g_out["images"], embeddings, hr_eps, training=True)
+            adversarial = generator_adversarial_loss(
+                hr_discriminator(hr_out["images"], embeddings, training=True))
+            hr_g_loss = adversarial + self.kl_term(hr_out)
+            objective = scale(hr_g_loss)
+            if finetune:
+                ft_objective = finetune_scale(hr_g_loss)
+        gradients = tape.gradient(objective, hr_generator.trainable_weights)
+        ft_gradients = tape.gradient(ft_objective, generator.trainable_weights) if finetune else None
+        del tape
+        return gradients, ft_gradients, {"hr_g_loss": hr_g_loss, "hr_g_loss_fake": adversarial}
 
 
 class StageIIGAN(GANTrainer):
@@ -50,10 +82,7 @@ class StageIIGAN(GANTrainer):
         self.hr_generator = hr_generator
         self.hr_discriminator = hr_discriminator
         self.finetune_lr = finetune_lr
-        # The Stage-I rules serve both stages: the Stage-II D and G losses
-        # are the Stage-I ones on the high-resolution networks.
-        self.updates = StageIUpdates(self.apply_gradients, self.scale_loss, kl_coeff=kl_coeff,
-                                     use_wrong=use_wrong, cond_augmentation=cond_augmentation)
+        self.rules = StageIIRules(kl_coeff=kl_coeff, use_wrong=use_wrong, cond_augmentation=cond_augmentation)
 
     @classmethod
     def from_config_tree(cls, config, generator, discriminator, hr_generator, hr_discriminator,
@@ -132,68 +161,69 @@ class StageIIGAN(GANTrainer):
         hr_out = self.hr_generator(g_out["images"], embeddings, hr_eps, training=True)
         return g_out, hr_out
 
-    def hr_discriminator_step(self, batch):
+    def hr_discriminator_update(self, batch):
         """Update the Stage-II D; also the logged values of that run: both
         stages' G losses and the Stage-I D losses on the LR images."""
         real, wrong, lr_real, lr_wrong = self.images_of(batch)
         emb = batch["embeddings"]
         g_out, hr_out = self.stage_ii_forward(emb, batch["d_eps"], batch["d_z"], batch["d_hr_eps"])
-        hr_losses, hr_logits = self.updates.discriminator_update(
-            self.hr_discriminator, self.hr_d_optimizer, real, wrong, hr_out["images"], emb)
-        hr_losses["g_loss"] = hr_losses["g_loss_fake"] + self.updates.kl_term(hr_out)
-        lr_losses, lr_logits = self.updates.discriminator_update(
-            self.discriminator, None, lr_real, lr_wrong, g_out["images"], emb)
-        lr_losses["g_loss_kl_loss"] = self.updates.kl_term(g_out)
+        gradients, hr_losses, hr_logits = self.rules.discriminator_gradients(
+            self.hr_discriminator, real, wrong, hr_out["images"], emb, self.loss_scale(self.hr_d_optimizer))
+        self.apply_gradients(self.hr_d_optimizer, gradients, self.hr_discriminator.trainable_weights)
+        hr_losses["g_loss"] = hr_losses["g_loss_fake"] + self.rules.kl_term(hr_out)
+        lr_losses, lr_logits = self.rules.discriminator_losses(
+            self.discriminator, lr_real, lr_wrong, tf.stop_gradient(g_out["images"]), emb)
+        lr_losses["g_loss_kl_loss"] = self.rules.kl_term(g_out)
         lr_losses["g_loss"] = lr_losses["g_loss_fake"] + lr_losses["g_loss_kl_loss"]
         outputs = {**g_out, **prefixed("hr_", hr_out), **lr_logits, **prefixed("hr_", hr_logits),
                    "lr_real_images": lr_real, "lr_wrong_images": lr_wrong}
         return {**lr_losses, **prefixed("hr_", hr_losses)}, outputs
 
-    def hr_generator_step(self, batch):
+    def hr_generator_update(self, batch):
         """Update the Stage-II G (CA included); with FINETUNE_LR also the
         Stage-I G on the same loss at the fine-tuning rate, from the same
         pre-update state."""
+        gradients, ft_gradients, losses = self.rules.hr_generator_gradients(
+            self.generator, self.hr_generator, self.hr_discriminator, batch["embeddings"], batch["g_eps"],
+            batch["g_z"], batch["g_hr_eps"], self.loss_scale(self.hr_g_optimizer),
+            self.loss_scale(self.ft_g_optimizer) if self.finetune_lr else None)
+        if ft_gradients is not None:
+            self.apply_gradients(self.ft_g_optimizer, ft_gradients, self.generator.trainable_weights)
+        self.apply_gradients(self.hr_g_optimizer, gradients, self.hr_generator.trainable_weights)
+        return losses
+
+    def finetune_discriminator_update(self, batch):
+        """FINETUNE_LR's Stage-I D update on its own loss, on the
+        low-resolution images (G in training mode first, as in Stage-I);
+        returns its losses."""
+        _, _, lr_real, lr_wrong = self.images_of(batch)
         emb = batch["embeddings"]
-        with tf.GradientTape(persistent=self.finetune_lr) as tape:
-            if self.finetune_lr:
-                g_out, hr_out = self.stage_ii_forward(emb, batch["g_eps"], batch["g_z"], batch["g_hr_eps"])
-            else:
-                with tape.stop_recording():
-                    g_out = self.generator(emb, batch["g_eps"], batch["g_z"], training=True)
-                hr_out = self.hr_generator(g_out["images"], emb, batch["g_hr_eps"], training=True)
-            fake_logit = self.hr_discriminator(hr_out["images"], emb, training=True)
-            adversarial = generator_adversarial_loss(fake_logit)
-            hr_g_loss = adversarial + self.updates.kl_term(hr_out)
-            objective = self.scale_loss(self.hr_g_optimizer, hr_g_loss)
-            if self.finetune_lr:
-                ft_objective = self.scale_loss(self.ft_g_optimizer, hr_g_loss)
-        hr_vars = self.hr_generator.trainable_weights
-        grads = tape.gradient(objective, hr_vars)
-        if self.finetune_lr:
-            g_vars = self.generator.trainable_weights
-            ft_grads = tape.gradient(ft_objective, g_vars)
-            del tape
-            self.apply_gradients(self.ft_g_optimizer, ft_grads, g_vars)
-        self.apply_gradients(self.hr_g_optimizer, grads, hr_vars)
-        return {"hr_g_loss": hr_g_loss, "hr_g_loss_fake": adversarial}
+        g_out = self.generator(emb, batch["ld_eps"], batch["ld_z"], training=True)
+        gradients, losses, _ = self.rules.discriminator_gradients(
+            self.discriminator, lr_real, lr_wrong, g_out["images"], emb, self.loss_scale(self.d_optimizer))
+        self.apply_gradients(self.d_optimizer, gradients, self.discriminator.trainable_weights)
+        return losses
+
+    def finetune_generator_update(self, batch):
+        """FINETUNE_LR's Stage-I G update on its own loss; returns its losses."""
+        gradients, losses = self.rules.generator_gradients(
+            self.generator, self.discriminator, batch["embeddings"], batch["lg_eps"], batch["lg_z"],
+            self.loss_scale(self.g_optimizer))
+        self.apply_gradients(self.g_optimizer, gradients, self.generator.trainable_weights)
+        return losses
 
     def train_step(self, batch):
-        d_losses, d_out = self.hr_discriminator_step(batch)
-        hr_g_losses = self.hr_generator_step(batch)
+        d_losses, d_out = self.hr_discriminator_update(batch)
+        hr_g_losses = self.hr_generator_update(batch)
         summaries = {k: v for k, v in d_losses.items() if k.startswith("hr_d_")}
         summaries.update(hr_g_losses)
         rates = {"hr_d_learning_rate": self.hr_d_optimizer.learning_rate,
                  "hr_g_learning_rate": self.hr_g_optimizer.learning_rate}
         if self.finetune_lr:
-            _, _, lr_real, lr_wrong = self.images_of(batch)
-            emb = batch["embeddings"]
-            ld_losses, _ = self.updates.discriminator_step(
-                self.generator, self.discriminator, self.d_optimizer, lr_real, lr_wrong, emb,
-                batch["ld_eps"], batch["ld_z"])
-            lg_losses = self.updates.generator_step(self.generator, self.discriminator, self.g_optimizer,
-                                                    emb, batch["lg_eps"], batch["lg_z"])
-            summaries.update({k: v for k, v in ld_losses.items() if k.startswith("d_")})
-            summaries.update({k: lg_losses[k] for k in ("g_loss", "g_loss_kl_loss", "g_loss_fake")})
+            d_losses_i = self.finetune_discriminator_update(batch)
+            g_losses_i = self.finetune_generator_update(batch)
+            summaries.update({k: v for k, v in d_losses_i.items() if k.startswith("d_")})
+            summaries.update({k: g_losses_i[k] for k in ("g_loss", "g_loss_kl_loss", "g_loss_fake")})
         else:
             # The Stage-I losses the reference logged from the first run.
             summaries.update({k: v for k, v in d_losses.items() if k.startswith(("d_", "g_"))})

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from misc import experiment
+from misc.commands.common import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {**os.environ, "PYTHONPATH": ROOT}  # the child imports misc, data ... from the repository
@@ -44,7 +44,7 @@ def one_line_error(main, argv, capsys):
     one-line error it must end with (exit code 2)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        experiment.run_main(main, argv)
+        run_main(main, argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err

@@ -29,7 +29,7 @@ import pytest
 import tensorflow as tf
 
 from misc.config import default_config
-from misc.layers import BatchNorm
+from misc.nets.layers import BatchNorm
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BUNDLED_DIR = os.path.join(TESTS, "golden")
@@ -752,7 +752,7 @@ class GoldenStage:
         on a freshly imported trainer, each evaluated by ``evaluate`` (e.g.
         compiled with XLA); the result has ``run``'s layout, with the exact
         evaluations and noise samples of ``r``, for ``check_update``."""
-        from misc.reference_import import import_reference_checkpoint
+        from misc.reference.importer import import_reference_checkpoint
 
         gan = self.make_gan()
         import_reference_checkpoint(gan, r["checkpoint"])
@@ -957,7 +957,7 @@ def check_forward_statistics(label, ours, arrays, prefix):
 def check_checkpoint_model_variables(stage, checkpoint):
     """Our networks hold exactly the checkpoint's model variables (names and
     shapes); everything else in it is optimizer state."""
-    from misc.tf1_checkpoint import ReferenceCheckpoint, leftover_kind
+    from misc.reference.tf1_checkpoint import ReferenceCheckpoint, leftover_kind
 
     shapes = ReferenceCheckpoint(checkpoint).shapes
     model = {n: tuple(s) for n, s in shapes.items() if leftover_kind(n) is None}
@@ -966,7 +966,7 @@ def check_checkpoint_model_variables(stage, checkpoint):
 
 
 def check_v1_and_v2_hold_the_same_state(stage, tmp_path):
-    from misc.reference_import import import_reference_checkpoint
+    from misc.reference.importer import import_reference_checkpoint
 
     loaded = []
     for form in ("v1", "v2"):
@@ -985,7 +985,7 @@ def check_v1_and_v2_hold_the_same_state(stage, tmp_path):
 
 def check_repeat_is_bit_identical(stage, r):
     """The first update again, on a freshly imported trainer: same bits."""
-    from misc.reference_import import import_reference_checkpoint
+    from misc.reference.importer import import_reference_checkpoint
 
     gan = stage.make_gan()
     import_reference_checkpoint(gan, r["checkpoint"])

@@ -52,7 +52,7 @@ def checkpoint(tmp_path_factory):
 def scorer(tmp_path_factory):
     """The fixture's evaluation model loaded (once per test session)."""
     if "scorer" not in _CACHE:
-        from misc.inception import InceptionScorer
+        from misc.evaluation.inception import InceptionScorer
 
         _CACHE["scorer"] = InceptionScorer(checkpoint(tmp_path_factory))
     return _CACHE["scorer"]

@@ -23,9 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from misc import acceleration
+from misc.training import acceleration
 from misc.config import ConfigError, default_config
-acceleration.cpu_has_native_bfloat16 = lambda: sys.argv[2] == "1"  # this machine's flags, faked
+from misc.training import machine
+machine.cpu_has_native_bfloat16 = lambda: sys.argv[2] == "1"  # this machine's flags, faked
 config = default_config()
 out = {"onednn": acceleration.onednn_enabled()}
 messages = []

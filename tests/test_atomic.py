@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from fault_points import CHILD_ENV, kill, start_until_ready
-from misc import safe_pickle
-from misc.atomic import WriteError, atomic_folder, atomic_open, check_writable, write_text
-from misc.image_utils import save_image
+from misc.data import safe_pickle
+from misc.data.atomic import WriteError, atomic_folder, atomic_open, check_writable, write_text
+from misc.data.images import save_image
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
@@ -118,7 +118,7 @@ def test_a_fifo_is_written_in_place_or_refused_without_waiting(tmp_path):
 
 WRITE_TO = """
 import sys
-from misc.atomic import write_text
+from misc.data.atomic import write_text
 print("printed first", flush=True)
 write_text("written through the descriptor\\n", sys.argv[1])
 """
@@ -141,7 +141,7 @@ def test_dev_stdout_reaches_the_process_output_and_is_never_replaced(tmp_path):
 
 HANG_WHILE_WRITING = """
 import os, sys, time
-from misc.atomic import atomic_open
+from misc.data.atomic import atomic_open
 with atomic_open(sys.argv[1], "w") as f:
     f.write("half of a new vers")
     f.flush()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from misc import benchmark
+from misc.commands import benchmark
 from misc.config import ConfigError, load_config
 from tests.tiny_dataset import write_config
 

@@ -23,8 +23,9 @@ from lua_encoder_fixture import (
     reference_embeddings,
     rnn_module_positions,
 )
-from misc import torch7_encoder
-from misc.char_cnn_rnn import CharCNNRNN, caption_lines, embed_captions, load_encoder, one_hot
+from misc.evaluation.caption_embeddings import load_encoder
+from misc.nets.char_cnn_rnn import CharCNNRNN, caption_lines, embed_captions, one_hot
+from misc.reference import torch7_encoder
 
 TOLERANCE = 1e-4  # of the float64 Lua reference (issue 21)
 # Captions of every kind get_embedding.lua meets: capitals, digits,

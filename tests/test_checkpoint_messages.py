@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 from golden_support import TEXT_DIM, tiny_config, unpack_checkpoint
-from misc.checkpoints import describe_checkpoint, resolve, training_checkpoint
-from misc.reference_import import import_reference_checkpoint
-from misc.sampling import load_generator
-from misc.tf1_checkpoint import CheckpointError
+from misc.config import CheckpointError
+from misc.evaluation.sampling import load_generator
+from misc.reference.importer import import_reference_checkpoint
+from misc.training.checkpoints import describe_checkpoint, resolve, training_checkpoint
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 from stageII.model import build_stage_ii

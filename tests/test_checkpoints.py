@@ -39,7 +39,7 @@ def test_every_network_variable_round_trips(kind, tmp_path):
 
 
 def test_integer_upsampling_is_the_legacy_nearest_resize():
-    from misc.layers import resize_nearest
+    from misc.nets.layers import resize_nearest
 
     x = tf.random.normal((2, 4, 4, 3))
     for size in ((8, 8), (16, 8), (6, 6)):

@@ -16,8 +16,8 @@ import threading
 
 import pytest
 
-from misc import cluster
 from misc.config import ConfigError
+from misc.training import cluster
 
 CONFIG = {"TRAIN.BATCH_SIZE": 64, "GAN.GF_DIM": 128}
 CHIEF_CHOICES = {"xla": False, "precision": "float32"}

@@ -18,7 +18,7 @@ import yaml
 
 from fault_points import kill, one_line_error, start_until_ready
 from golden_support import tiny_config, unpack_checkpoint
-from misc import convert_checkpoint
+from misc.commands import convert_checkpoint
 
 WRITTEN = ["checkpoint", convert_checkpoint.INFO_FILE, convert_checkpoint.WEIGHTS_FILE,
            "model-100.data-00000-of-00001", "model-100.index"]
@@ -69,7 +69,7 @@ def test_in_equal_out_and_unusable_out_dirs_are_refused_up_front(source, tmp_pat
 
 HANG_IN_THE_WEIGHTS = """
 import sys, time
-from misc.sampling import StackGANGenerator
+from misc.evaluation.sampling import StackGANGenerator
 
 def write_part_then_hang(self, path, *args, **kwargs):
     with open(path, "wb") as f:
@@ -78,8 +78,9 @@ def write_part_then_hang(self, path, *args, **kwargs):
     time.sleep(600)
 
 StackGANGenerator.save_weights = write_part_then_hang
-from misc import convert_checkpoint, experiment
-experiment.run_main(convert_checkpoint.main, sys.argv[2:])
+from misc.commands import convert_checkpoint
+from misc.commands.common import run_main
+run_main(convert_checkpoint.main, sys.argv[2:])
 """
 
 

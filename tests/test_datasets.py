@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from misc import safe_pickle
-from misc.config import default_config
-from misc.datasets import DatasetError, TextDataset, load_dataset
-from misc.input_pipeline import noise_for_step, training_dataset
+from misc.config import DatasetError, default_config
+from misc.data import safe_pickle
+from misc.data.datasets import TextDataset, load_dataset
+from misc.data.input_pipeline import noise_for_step, training_dataset
 from tiny_dataset import write_tiny_dataset
 
 

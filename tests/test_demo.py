@@ -21,10 +21,10 @@ from PIL import Image
 from demo import demo as demo_script
 from fault_points import one_line_error
 from golden_support import TEXT_DIM, assert_close, load_arrays, tiny_config, unpack_checkpoint
-from misc import safe_pickle
-from misc.checkpoints import training_checkpoint
-from misc.sampling import draw_noise
-from misc.text_encoder import encode_captions
+from misc.data import safe_pickle
+from misc.data.hash_encoder import encode_captions
+from misc.evaluation.sampling import draw_noise
+from misc.training.checkpoints import training_checkpoint
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 from test_torch7 import embedding_file, nested_tables

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from misc.config import default_config
-from misc.input_pipeline import noise_for_step
+from misc.data.input_pipeline import noise_for_step
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 

@@ -14,9 +14,11 @@ from demo import demo as demo_script
 from demo import embed
 from golden_support import TEXT_DIM, unpack_checkpoint
 from lua_encoder_fixture import encoder_file, random_parameters, reference_embeddings
-from misc import experiment, safe_pickle, torch7
-from misc.datasets import TextDataset
-from misc.sampling import InputError
+from misc.commands.common import run_main
+from misc.data import safe_pickle
+from misc.data.datasets import TextDataset
+from misc.evaluation.sampling import InputError
+from misc.reference import torch7
 from test_char_cnn_rnn import CAPTIONS, TOLERANCE
 from test_demo import load_npz, write_config
 from test_torch7 import HOSTILE_FILES, T7Object, embedding_file, write_t7
@@ -43,7 +45,7 @@ def caption_file(path, captions):
 def one_line_error(main, argv, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        experiment.run_main(main, argv)
+        run_main(main, argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err

@@ -14,18 +14,19 @@ import pytest
 import hostile_files
 import inception_support
 from fault_points import one_line_error
-from misc import evaluate as evaluate_module
-from misc.checkpoints import training_checkpoint
+from misc.commands.evaluate import main
 from misc.config import load_config
-from misc.datasets import load_dataset
-from misc.evaluate import ModelSamples, main
-from misc.inception import (
+from misc.data.datasets import load_dataset
+from misc.evaluation import scoring
+from misc.evaluation.inception import (
     authors_selection,
     inception_score,
     list_images,
     to_uint8_truncated,
 )
-from misc.sampling import Sampler, draw_noise, load_generator
+from misc.evaluation.sampling import Sampler, draw_noise, load_generator
+from misc.evaluation.scoring import ModelSamples
+from misc.training.checkpoints import training_checkpoint
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 from stageII.model import build_stage_ii
@@ -188,7 +189,7 @@ def test_hostile_arguments_and_inputs_are_refused_before_the_work(model, incepti
     def no_scoring(*_args, **_kwargs):
         raise AssertionError("the scoring started")
 
-    monkeypatch.setattr(evaluate_module, "InceptionScorer", no_scoring)
+    monkeypatch.setattr(scoring, "InceptionScorer", no_scoring)
     before = set(glob.glob(str(model.root / "**"), recursive=True))
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.generate_shapes import generate
-from misc.checkpoints import training_checkpoint
+from misc.commands.evaluate_shapes import caption_attributes, consistency, format_table, main
 from misc.config import load_config
-from misc.datasets import load_dataset
-from misc.evaluate_shapes import caption_attributes, consistency, format_table, main
-from misc.shapes_attributes import measure
+from misc.data.datasets import load_dataset
+from misc.data.shapes import generate
+from misc.evaluation.shapes_attributes import measure
+from misc.training.checkpoints import training_checkpoint
 from stageI.experiment import build_gan
 
 

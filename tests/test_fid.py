@@ -13,9 +13,10 @@ import scipy.linalg
 import tensorflow as tf
 
 from fault_points import kill, start_until_ready
-from misc import atomic, fid
-from misc.fid import FidGraph, cached_statistics, frechet_distance, statistics
-from misc.inception import InceptionError
+from misc.data import atomic
+from misc.evaluation import fid
+from misc.evaluation.fid import FidGraph, cached_statistics, frechet_distance, statistics
+from misc.evaluation.inception import InceptionError
 
 
 def random_rotation(n, seed):
@@ -275,7 +276,7 @@ def test_a_read_only_dataset_folder_still_gives_the_statistics(cache_case, monke
 KILLED_IN_CACHE_WRITE = """
 import sys, time
 import numpy as np
-from misc import fid
+from misc.evaluation import fid
 
 def write_half_then_hang(f, **arrays):
     f.write(b"PK half a cache")

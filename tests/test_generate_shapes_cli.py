@@ -10,9 +10,9 @@ import os
 import subprocess
 import sys
 
-from data.generate_shapes import MARKER, main, required_files
 from fault_points import ROOT, kill, start_until_ready
-from misc.preprocessing import run_cli
+from misc.commands.generate_shapes import cli
+from misc.data.shapes import MARKER, required_files
 
 SCRIPT = os.path.join(ROOT, "data", "generate_shapes.py")
 TINY = ["--num-train", "2", "--num-test", "1"]
@@ -22,9 +22,10 @@ def run(*argv):
     """The command as its __main__ runs it, in this process (a child's
     start-up would cost more than the command); its exit code."""
     try:
-        return run_cli(main, list(argv))
-    except SystemExit as exc:  # an argument the parser refuses
+        cli(list(argv))
+    except SystemExit as exc:  # a one-line error, or an argument the parser refuses
         return exc.code
+    return 0
 
 
 def one_line_error(code, capsys):
@@ -93,9 +94,9 @@ def test_another_dataset_is_refused_unless_forced_and_then_kept_beside(tmp_path,
 
 KILLED_WRITING_CLASS_IDS = """
 import sys, time
-import data.generate_shapes as generator
-from misc.atomic import atomic_open
-from misc.preprocessing import run_cli
+import misc.data.shapes as generator
+from misc.commands.generate_shapes import cli
+from misc.data.atomic import atomic_open
 
 dump = generator.safe_pickle.dump
 
@@ -109,7 +110,7 @@ def dump_or_hang(obj, path):
     dump(obj, path)
 
 generator.safe_pickle.dump = dump_or_hang
-sys.exit(run_cli(generator.main, sys.argv[2:]))
+cli(sys.argv[2:])
 """
 
 

@@ -98,7 +98,7 @@ from golden_support import (
     reference_variables,
     stat_tolerance,
 )
-from misc.reference_import import import_reference_checkpoint
+from misc.reference.importer import import_reference_checkpoint
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 
@@ -116,9 +116,9 @@ STAGE = GoldenStage(
     Fixture("stageI"),
     lambda config, text_dim: StageIGAN.from_config_tree(config, *build_stage_i(config, text_dim)),
     golden_batch,
-    [Update("d_optimizer", "discriminator_step", "discriminator", 1, OUR_D_UPDATE_ORDER,
+    [Update("d_optimizer", "discriminator_update", "discriminator", 1, OUR_D_UPDATE_ORDER,
             "after_dstep", "dstep_grad"),
-     Update("g_optimizer", "generator_step", "generator", 0, (2,),
+     Update("g_optimizer", "generator_update", "generator", 0, (2,),
             "after_gstep", "gstep_grad", "gstep_bnstat")],
     {"generator": "train/fake_images"})
 FX = STAGE.fx
@@ -229,7 +229,7 @@ def test_fresh_layer_gets_the_plain_ema(checkpoint, arrays):
         initial = tf.zeros_like if name.endswith("/mean") else tf.ones_like
         variables[name].assign(initial(variables[name]))
     batch = golden_batch(arrays)
-    for phase, step in (("after_dstep", gan.discriminator_step), ("after_gstep", gan.generator_step)):
+    for phase, step in (("after_dstep", gan.discriminator_update), ("after_gstep", gan.generator_update)):
         step(batch)
         for name in fresh:
             tol = stat_tolerance(arrays[f"fresh_ema/{phase}/{name.rsplit('/', 1)[0]}/variance"])
@@ -286,7 +286,7 @@ def test_the_rule_rejects_a_gradient_that_ignores_the_batch_statistics(checkpoin
     """Batch norm with its statistics treated as constants computes the same
     forward pass and another gradient; a port doing so is caught by the
     reference being far from the exact value of the port's computation."""
-    from misc.layers import BatchNorm
+    from misc.nets.layers import BatchNorm
 
     moments = BatchNorm.batch_moments
     monkeypatch.setattr(BatchNorm, "batch_moments",

@@ -35,7 +35,7 @@ from golden_support import (
     check_v1_and_v2_hold_the_same_state,
     reference_variables,
 )
-from misc.reference_import import import_reference_checkpoint
+from misc.reference.importer import import_reference_checkpoint
 from stageII.model import build_stage_ii
 from stageII.trainer import StageIIGAN
 
@@ -53,9 +53,9 @@ STAGE = GoldenStage(
     Fixture("stageII"),
     lambda config, text_dim: StageIIGAN.from_config_tree(config, *build_stage_ii(config, text_dim)),
     golden_batch,
-    [Update("hr_d_optimizer", "hr_discriminator_step", "hr_discriminator", 2, OUR_D_UPDATE_ORDER,
+    [Update("hr_d_optimizer", "hr_discriminator_update", "hr_discriminator", 2, OUR_D_UPDATE_ORDER,
             "after_dstep", "dstep_grad"),
-     Update("hr_g_optimizer", "hr_generator_step", "hr_generator", 3, (2,),
+     Update("hr_g_optimizer", "hr_generator_update", "hr_generator", 3, (2,),
             "after_gstep", "gstep_grad", "gstep_bnstat")],
     {"generator": "train/fake_images", "hr_generator": "train/hr_fake_images"})
 FX = STAGE.fx

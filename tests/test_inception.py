@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 import inception_support
-from misc.inception import (
+from misc.evaluation.inception import (
     AVERAGE_SUFFIX,
     AuthorsInceptionV3,
     ImageFolderError,

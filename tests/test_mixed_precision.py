@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 from golden_support import BUNDLED, tiny_config
-from misc.acceleration import dtype_policy, dtype_policy_name
 from misc.config import ConfigError
-from misc.input_pipeline import noise_for_step
-from misc.reference_import import import_reference_checkpoint
+from misc.data.input_pipeline import noise_for_step
+from misc.reference.importer import import_reference_checkpoint
+from misc.training.acceleration import dtype_policy, dtype_policy_name
 from stageI.experiment import build_gan
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
@@ -108,7 +108,7 @@ def test_golden_forward_stays_close_to_float32(reference, policy):
     import_reference_checkpoint(gan, checkpoint)
     z = np.zeros((fx.batch_size, fx.params["Z_DIM"]), np.float32)
     test = gan.sample(a["in/embeddings"], a["in/eps_test"], z)
-    losses, out = gan.discriminator_step({
+    losses, out = gan.discriminator_update({
         "images": a["in/real_images"], "wrong_images": a["in/wrong_images"],
         "embeddings": a["in/embeddings"], "d_eps": a["in/eps_train"], "d_z": a["in/z_train"]})
     images, logits, loss, test_images = TOLERANCES[policy]

@@ -63,15 +63,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from misc import cluster
 from misc.config import ConfigError
-from misc.datasets import Split
-from misc.input_pipeline import distributed_training_dataset, training_dataset
-from stageI import experiment as stage_i
-from stageII import experiment as stage_ii
+from misc.data.datasets import Split
+from misc.data.input_pipeline import distributed_training_dataset, training_dataset
+from misc.training import cluster
 from test_reliability import FAULT_SCRIPT, run_in_process, snapshots
 from test_run_exp import STAGE_II, summary_values
-from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
+from tiny_dataset import stage_i_main, stage_ii_main, tiny_train_config, write_config, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_EXP = {1: os.path.join(ROOT, "stageI", "run_exp.py"), 2: os.path.join(ROOT, "stageII", "run_exp.py")}
@@ -158,7 +156,7 @@ def test_a_bad_tf_config_is_a_one_line_error(monkeypatch, tf_config, message):
 
 def test_a_bad_tf_config_stops_the_run_before_anything_is_written(workdir, monkeypatch, capsys):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker"}}')
-    code, log_dir = run_in_process(stage_i.main, "bad")
+    code, log_dir = run_in_process(stage_i_main, "bad")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and log_dir is None and not os.path.exists("ckt_logs")
     assert err == ["error: TF_CONFIG: task index None must be an integer from 0 to 0 (the 'worker' job "
@@ -167,7 +165,7 @@ def test_a_bad_tf_config_stops_the_run_before_anything_is_written(workdir, monke
 
 def test_evaluation_runs_in_one_process(workdir, monkeypatch, capsys):
     monkeypatch.setenv("TF_CONFIG", json.dumps(GOOD))
-    code, _ = run_in_process(stage_ii.main, "eval", **{"TRAIN.FLAG": False, "TRAIN.PRETRAINED_MODEL": "x"})
+    code, _ = run_in_process(stage_ii_main, "eval", **{"TRAIN.FLAG": False, "TRAIN.PRETRAINED_MODEL": "x"})
     assert code == 2 and not os.path.exists("ckt_logs")
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: TRAIN.FLAG is False (evaluation), which runs in one process, but this process is a "
@@ -409,7 +407,7 @@ def test_two_stage_i_workers_killed_restarted_end_like_one_process(workdir, proc
     # 3. One process, the same config from scratch: the same outputs, the same
     #    losses and weights (to the all-reduce's rounding).
     capsys.readouterr()
-    code, single_dir = run_in_process(stage_i.main, "single", DATA_DIR=os.path.abspath("data"), **STAGE_I)
+    code, single_dir = run_in_process(stage_i_main, "single", DATA_DIR=os.path.abspath("data"), **STAGE_I)
     assert code == 0 and snapshots(single_dir) == [4, 6]
     assert file_names(resumed_dir) == [n for n in file_names(single_dir) if not n.startswith("model-4.")]
     final = assert_like_one_process(os.path.join(single_dir, "model-6"), os.path.join(resumed_dir, "model-6"),
@@ -443,7 +441,7 @@ def test_two_stage_ii_workers_train_like_one_process_and_stop_together(workdir, 
             f"{os.path.join(multi_dir, 'model-2')}") in outs[0]
     assert snapshots(multi_dir) == [1, 2]
     assert_worker_left_nothing()
-    code, single_dir = run_in_process(stage_ii.main, "single2", DATA_DIR=os.path.abspath("data"), **settings)
+    code, single_dir = run_in_process(stage_ii_main, "single2", DATA_DIR=os.path.abspath("data"), **settings)
     assert code == 0 and snapshots(single_dir) == [1, 2, 3]
     # stopped before the end of the epoch: no previews yet
     assert file_names(multi_dir) == [n for n in file_names(single_dir)

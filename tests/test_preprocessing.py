@@ -10,15 +10,15 @@ import pytest
 from PIL import Image
 
 import hostile_files
-from misc import safe_pickle
-from misc.datasets import HR_LOAD_SIZE, LR_LOAD_SIZE
-from misc.preprocessing import bytescale, custom_crop, load_rgb, prepare_image, resize_bicubic
+from misc.data import safe_pickle
+from misc.data.formats import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.data.preprocessing import bytescale, custom_crop, load_rgb, prepare_image, resize_bicubic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(name, *args):
-    return subprocess.run([sys.executable, os.path.join("misc", name), *args],
+    return subprocess.run([sys.executable, "-m", f"misc.commands.{name.removesuffix('.py')}", *args],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
 
 

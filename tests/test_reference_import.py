@@ -21,12 +21,13 @@ from golden_support import (
     tiny_config,
     unpack_checkpoint,
 )
-from misc import convert_checkpoint
-from misc.checkpoints import describe_checkpoint, resolve, restore_native, training_checkpoint
-from misc.config import default_config, load_config
-from misc.reference_import import import_reference_checkpoint
-from misc.sampling import Sampler, StackGANGenerator, load_generator, load_reference_trainer
-from misc.tf1_checkpoint import CheckpointError, leftover_kind, plan_import
+from misc.commands import convert_checkpoint
+from misc.commands.convert_checkpoint import load_reference_trainer
+from misc.config import CheckpointError, default_config, load_config
+from misc.evaluation.sampling import Sampler, StackGANGenerator, load_generator
+from misc.reference.importer import import_reference_checkpoint
+from misc.reference.tf1_checkpoint import leftover_kind, plan_import
+from misc.training.checkpoints import describe_checkpoint, resolve, restore_native, training_checkpoint
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 from stageII.model import build_stage_ii

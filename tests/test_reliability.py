@@ -28,15 +28,18 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
-from misc import callbacks as callbacks_module
-from misc import checkpoints, experiment, safe_pickle, startup
-from misc.atomic import WriteError, exclusive_lock
-from misc.checkpoints import RUN_LOCK, remove_snapshot_leftovers, training_checkpoint
-from misc.config import ConfigError, load_config
+from misc.commands import startup
+from misc.commands.common import run_main
+from misc.config import ConfigError, load_config, parse_gpu_ids
+from misc.data import safe_pickle
+from misc.data.atomic import WriteError, exclusive_lock
+from misc.training import callbacks as callbacks_module
+from misc.training import checkpoints, loop
+from misc.training.checkpoints import RUN_LOCK, remove_snapshot_leftovers, training_checkpoint
+from misc.training.devices import make_strategy
 from stageI import experiment as stage_i
-from stageII import experiment as stage_ii
 from test_run_exp import assert_same_variables, epoch_lines, summary_values
-from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
+from tiny_dataset import stage_i_main, stage_ii_main, tiny_train_config, write_config, write_tiny_dataset
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 FAULT_SCRIPT = os.path.join(TESTS, "fault_injection.py")
@@ -60,7 +63,7 @@ def run_in_process(main, name, **overrides):
     config = tiny_train_config(**overrides)
     code = 0
     try:
-        experiment.run_main(main, ["--cfg", write_config(f"{name}.yml", config)])
+        run_main(main, ["--cfg", write_config(f"{name}.yml", config)])
     except SystemExit as exc:
         code = exc.code
     created = [d for d in new_dirs(before) if os.path.basename(d).startswith(config["CONFIG_NAME"] + "_")]
@@ -115,7 +118,7 @@ def test_killed_resumed_and_preempted_runs_end_bit_identical_to_an_uninterrupted
     # 1. kill -9 while snapshot model-8 is being written (model-8_temp/ holds its shards);
     #    meanwhile (on the other core) the uninterrupted run
     child = start_training("killed_in_save", "in-snapshot", 8, CONFIG_NAME="killed", **CHAIN)
-    code, full = run_in_process(stage_i.main, "full", **CHAIN)
+    code, full = run_in_process(stage_i_main, "full", **CHAIN)
     assert code == 0 and snapshots(full) == [4, 8, 12]
     full_lines = epoch_lines(capsys.readouterr().out)
     assert len(full_lines) == 2
@@ -144,7 +147,7 @@ def test_killed_resumed_and_preempted_runs_end_bit_identical_to_an_uninterrupted
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(callbacks_module.TensorBoardSummaries, "on_train_batch_end", sigterm_at_nine)
-    code, third = run_in_process(stage_i.main, "preempted", **CHAIN, **{"TRAIN.PRETRAINED_MODEL": second})
+    code, third = run_in_process(stage_i_main, "preempted", **CHAIN, **{"TRAIN.PRETRAINED_MODEL": second})
     monkeypatch.setattr(callbacks_module.TensorBoardSummaries, "on_train_batch_end", original)
     out = capsys.readouterr().out
     assert code == 143 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
@@ -153,7 +156,7 @@ def test_killed_resumed_and_preempted_runs_end_bit_identical_to_an_uninterrupted
     assert f"Stopped by SIGTERM at iteration 10; resume with TRAIN.PRETRAINED_MODEL: {third}/model-10" in out
 
     # 4. resume to the end
-    code, last = run_in_process(stage_i.main, "last", **CHAIN,
+    code, last = run_in_process(stage_i_main, "last", **CHAIN,
                                 **{"TRAIN.PRETRAINED_MODEL": os.path.join(third, "model-10")})
     out = capsys.readouterr().out
     assert code == 0 and snapshots(last) == [12]  # the same final iteration
@@ -328,7 +331,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(workdir, capsys, tiny_
     before = file_states(workdir)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        experiment.run_main(stage_i.main, argv)
+        run_main(stage_i_main, argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -340,10 +343,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(workdir, capsys, tiny_
 
 def test_stage_ii_limits_and_evaluation_inputs_are_checked_first(workdir, capsys, tiny_checkpoint):
     cases = [
-        (stage_ii.main, {"GAN.GF_DIM": 2}, "GAN.GF_DIM is 2; Stage-II needs at least 4"),
-        (stage_ii.main, {"GAN.NETWORK_TYPE": "simple"}, "Stage-II exists only for 'default'"),
+        (stage_ii_main, {"GAN.GF_DIM": 2}, "GAN.GF_DIM is 2; Stage-II needs at least 4"),
+        (stage_ii_main, {"GAN.NETWORK_TYPE": "simple"}, "Stage-II exists only for 'default'"),
         # evaluation writes <checkpoint>-1real-2samples/test/<file name>_sentence0.jpg: names are checked
-        (stage_i.main, {"TRAIN.FLAG": False, "TRAIN.PRETRAINED_MODEL": tiny_checkpoint},
+        (stage_i_main, {"TRAIN.FLAG": False, "TRAIN.PRETRAINED_MODEL": tiny_checkpoint},
          "data/tiny/test/filenames.pickle: entry 0 ('/tmp/outside') is an absolute path"),
     ]
     replace_in_pickle("test", "filenames.pickle", lambda f: ["/tmp/outside"] + f[1:])
@@ -351,7 +354,7 @@ def test_stage_ii_limits_and_evaluation_inputs_are_checked_first(workdir, capsys
     for main, overrides, words in cases:
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
-            experiment.run_main(main, ["--cfg", write_config("x.yml", tiny_train_config(**overrides))])
+            run_main(main, ["--cfg", write_config("x.yml", tiny_train_config(**overrides))])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.count("\n") == 1 and words in err, err
         os.remove("x.yml")
@@ -400,7 +403,7 @@ def test_a_full_disk_during_a_preview_names_the_file_and_the_last_good_snapshot(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", no_space)
-    code, log_dir = run_in_process(stage_i.main, "full_disk", **{"TRAIN.MAX_EPOCH": 2})
+    code, log_dir = run_in_process(stage_i_main, "full_disk", **{"TRAIN.MAX_EPOCH": 2})
     err = capsys.readouterr().err
     last = os.path.join(log_dir, "model-3")  # saved at the end of epoch 0, before its preview
     assert code == 2 and err.count("\n") == 1
@@ -437,10 +440,10 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
         def now(cls, tz=None):
             return cls(2024, 5, 17, 12, 0, 0)
 
-    monkeypatch.setattr(experiment.datetime, "datetime", Frozen)
+    monkeypatch.setattr(loop.datetime, "datetime", Frozen)
     config = load_config()
     config.CONFIG_NAME = "stageI"
-    folders = [experiment.new_log_dir(config, root=str(tmp_path)) for _ in range(3)]
+    folders = [loop.new_log_dir(config, root=str(tmp_path)) for _ in range(3)]
     base = os.path.join(str(tmp_path), "birds", "stageI_2024_05_17_12_00_00")
     assert folders == [base, base + "-2", base + "-3"] and all(os.path.isdir(f) for f in folders)
 
@@ -448,15 +451,15 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
 def test_gpu_ids_are_checked(monkeypatch, capsys):
     for text in ("-1", "x", "0,0", ""):
         with pytest.raises(ConfigError, match="give GPU ids"):
-            experiment.parse_gpu_ids(text)
-    assert experiment.parse_gpu_ids("1,0") == [1, 0]
+            parse_gpu_ids(text)
+    assert parse_gpu_ids("1,0") == [1, 0]
     two_gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: two_gpus)
     with pytest.raises(ConfigError, match=r"--gpu 0,2: GPU 2 does not exist; 2 GPU\(s\) are visible"):
-        experiment.make_strategy("0,2")
+        make_strategy("0,2")
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     messages = []
-    assert experiment.make_strategy("0", log=messages.append)[0] is tf.distribute.get_strategy()
+    assert make_strategy("0", log=messages.append)[0] is tf.distribute.get_strategy()
     assert messages[0].startswith("warning: --gpu 0: no GPU is visible to TensorFlow")
 
 

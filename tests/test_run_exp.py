@@ -15,13 +15,15 @@ import tensorflow as tf
 from PIL import Image
 
 from golden_support import tiny_config, unpack_checkpoint
-from misc import callbacks as callbacks_module
-from misc import experiment, safe_pickle
-from misc.checkpoints import describe_checkpoint, restore_native
-from misc.datasets import Split, load_dataset
+from misc.commands.common import run_main
+from misc.config import load_config
+from misc.data import safe_pickle
+from misc.data.datasets import Split, load_dataset
+from misc.training import callbacks as callbacks_module
+from misc.training.checkpoints import describe_checkpoint, restore_native
 from stageI import experiment as stage_i
 from stageII import experiment as stage_ii
-from tiny_dataset import tiny_train_config, write_config, write_tiny_dataset
+from tiny_dataset import stage_i_main, stage_ii_main, tiny_train_config, write_config, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +38,7 @@ def workdir(tmp_path, monkeypatch):
 def run(main, name, **overrides):
     """Run a stage's main() (what run_exp.py runs) on a tiny config; return its log directory."""
     before = set(glob.glob("ckt_logs/*/*"))
-    experiment.run_main(main, ["--cfg", write_config(f"{name}.yml", tiny_train_config(**overrides))])
+    run_main(main, ["--cfg", write_config(f"{name}.yml", tiny_train_config(**overrides))])
     created = sorted(set(glob.glob("ckt_logs/*/*")) - before)
     return created[-1] if created else None
 
@@ -68,7 +70,7 @@ def epoch_lines(text):
 
 
 def test_stage_i_trains_and_writes_snapshots_summaries_and_images(workdir, capsys):
-    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 4})
+    log_dir = run(stage_i_main, "train", **{"TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 4})
     # 12 images / batch 4 = 3 iterations per epoch: a snapshot at 4, and the final state
     snapshots = sorted(os.path.basename(p)[:-len(".index")]
                        for p in glob.glob(os.path.join(log_dir, "*.index")))
@@ -91,8 +93,8 @@ def test_stage_i_trains_and_writes_snapshots_summaries_and_images(workdir, capsy
 
 
 def test_a_native_snapshot_restores_every_weight(workdir):
-    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 1})
-    config = experiment.load_config("train.yml")
+    log_dir = run(stage_i_main, "train", **{"TRAIN.MAX_EPOCH": 1})
+    config = load_config("train.yml")
     gans = [stage_i.build_gan(config, 24, tf.distribute.get_strategy()) for _ in range(2)]
     fresh = {n: v.numpy() for n, v in gans[0].generator.reference_variables().items()}
     restore_native(gans[0], os.path.join(log_dir, "model-3"))
@@ -109,8 +111,8 @@ def test_a_native_snapshot_restores_every_weight(workdir):
 
 
 def test_stage_i_evaluation_writes_a_sheet_per_test_image(workdir):
-    log_dir = run(stage_i.main, "train", **{"TRAIN.MAX_EPOCH": 1})
-    run(stage_i.main, "eval", **{"TRAIN.FLAG": False,
+    log_dir = run(stage_i_main, "train", **{"TRAIN.MAX_EPOCH": 1})
+    run(stage_i_main, "eval", **{"TRAIN.FLAG": False,
                                  "TRAIN.PRETRAINED_MODEL": os.path.join(log_dir, "model-3")})
     sheets = sorted(glob.glob(os.path.join(log_dir, "model-3-1real-2samples", "test", "*", "*.jpg")))
     assert len(sheets) == 6 and sheets[0].endswith("test_000_sentence0.jpg")
@@ -142,7 +144,7 @@ def test_bad_input_gives_a_one_line_error(workdir, capsys, case):
     elif case == "no checkpoint":
         overrides["TRAIN.PRETRAINED_MODEL"] = expect = "ckt_logs/nope/model-5"
     elif case == "other embedding size":
-        log_dir = run(stage_i.main, "first", **overrides)
+        log_dir = run(stage_i_main, "first", **overrides)
         for split in ("train", "test"):  # a dataset with 16-d instead of 24-d embeddings
             path = os.path.join("data", "tiny", split, "char-CNN-RNN-embeddings.pickle")
             safe_pickle.dump(safe_pickle.load(path)[..., :16], path)
@@ -153,7 +155,7 @@ def test_bad_input_gives_a_one_line_error(workdir, capsys, case):
         expect = "TRAIN.PRETRAINED_MODEL"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        run(stage_i.main, "bad", **overrides)
+        run(stage_i_main, "bad", **overrides)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and expect in err and "Traceback" not in err
@@ -174,7 +176,7 @@ def test_nan_stops_training_and_keeps_the_last_good_snapshot(workdir, capsys, mo
 
     monkeypatch.setattr(Split, "batch_arrays", poisoned)
     with pytest.raises(SystemExit) as exit_info:
-        run(stage_i.main, "nan", **{"TRAIN.SNAPSHOT_INTERVAL": 1})
+        run(stage_i_main, "nan", **{"TRAIN.SNAPSHOT_INTERVAL": 1})
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     log_dir = glob.glob("ckt_logs/tiny/stageI_*")[0]
@@ -201,7 +203,7 @@ def test_ctrl_c_saves_a_snapshot_to_resume_from(workdir, monkeypatch, capsys):
     # what the process had: Python's default, or SIG_IGN when started in the background by a shell
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as exit_info:
-        run(stage_i.main, "ctrl_c", **{"TRAIN.MAX_EPOCH": 2})
+        run(stage_i_main, "ctrl_c", **{"TRAIN.MAX_EPOCH": 2})
     assert exit_info.value.code == 130
     log_dir = glob.glob("ckt_logs/tiny/stageI_*")[0]
     # the signal came during iteration 2's callbacks: training stops after iteration 3
@@ -247,9 +249,9 @@ STAGE_II = {"CONFIG_NAME": "stageII", "TRAIN.PRETRAINED_EPOCH": 0}
 
 
 def test_stage_ii_starts_from_stage_i_trains_resumes_and_evaluates(workdir, capsys):
-    stage_i_dir = run(stage_i.main, "s1", **{"TRAIN.MAX_EPOCH": 1})
+    stage_i_dir = run(stage_i_main, "s1", **{"TRAIN.MAX_EPOCH": 1})
     start = os.path.join(stage_i_dir, "model-3")
-    config = experiment.load_config(write_config("s2.yml", tiny_train_config(
+    config = load_config(write_config("s2.yml", tiny_train_config(
         **STAGE_II, **{"TRAIN.PRETRAINED_MODEL": start})))
     # Stage-I trainable weights and the counter come over, not the BN statistics.
     gan = stage_ii.build_gan(config, 24, tf.distribute.get_strategy())
@@ -264,7 +266,7 @@ def test_stage_ii_starts_from_stage_i_trains_resumes_and_evaluates(workdir, caps
             elif name.endswith("/variance"):
                 np.testing.assert_array_equal(var.numpy(), np.ones(var.shape))
     capsys.readouterr()
-    log_dir = run(stage_ii.main, "s2", **STAGE_II, **{"TRAIN.MAX_EPOCH": 2, "TRAIN.PRETRAINED_MODEL": start,
+    log_dir = run(stage_ii_main, "s2", **STAGE_II, **{"TRAIN.MAX_EPOCH": 2, "TRAIN.PRETRAINED_MODEL": start,
                                                       "TRAIN.SNAPSHOT_INTERVAL": 2})
     out = capsys.readouterr().out
     assert "Stage-I checkpoint" in out and "Training from iteration 3 (epoch 1)" in out
@@ -279,13 +281,13 @@ def test_stage_ii_starts_from_stage_i_trains_resumes_and_evaluates(workdir, caps
         assert len(tags[tag]) == 3, tag
     # Resumed from the mid-epoch snapshot, the run ends where the uninterrupted one did, bit for bit.
     middle = os.path.join(log_dir, "model-4")
-    resumed = run(stage_ii.main, "s2r", **STAGE_II, **{"TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 2,
+    resumed = run(stage_ii_main, "s2r", **STAGE_II, **{"TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 2,
                                                        "TRAIN.PRETRAINED_MODEL": middle})
     out = capsys.readouterr().out
     assert "Stage-II checkpoint" in out and "Training from iteration 4 (epoch 1, batch 1)" in out
     assert glob.glob(os.path.join(resumed, "model-*.index")) == [os.path.join(resumed, "model-6.index")]
     assert_same_variables(os.path.join(log_dir, "model-6"), os.path.join(resumed, "model-6"))
-    run(stage_ii.main, "s2e", **STAGE_II, **{"TRAIN.FLAG": False, "TRAIN.NUM_COPY": 9,
+    run(stage_ii_main, "s2e", **STAGE_II, **{"TRAIN.FLAG": False, "TRAIN.NUM_COPY": 9,
                                              "TRAIN.PRETRAINED_MODEL": os.path.join(resumed, "model-6")})
     sheets = glob.glob(os.path.join(resumed, "model-6-1real-9samples", "test", "*", "*_sentence0.jpg"))
     assert len(sheets) == 6

@@ -20,8 +20,9 @@ import sys
 import numpy as np
 import pytest
 
-from misc import safe_pickle
-from misc.datasets import DatasetError, class_id_array, file_names
+from misc.config import DatasetError
+from misc.data import safe_pickle
+from misc.data.datasets import class_id_array, file_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P2, P4, P5 = b"\x80\x02", b"\x80\x04", b"\x80\x05"
@@ -58,7 +59,7 @@ def crafted_files():
 LOADER = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from misc import safe_pickle
+from misc.data import safe_pickle
 out = {}
 for path in sys.argv[1:]:
     try:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from misc.gan_trainer import learning_rate_for_epoch
+from misc.training.gan_trainer import learning_rate_for_epoch
 
 
 def reference_rates(base, epochs, decay_every, decay_after):

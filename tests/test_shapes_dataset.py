@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from data.generate_shapes import (
+from misc.data import safe_pickle
+from misc.data.preprocessing import resize_bicubic
+from misc.data.shapes import (
     BACKGROUNDS,
     COLORS,
     POSITION_OFFSET,
@@ -20,9 +22,7 @@ from data.generate_shapes import (
     generate,
     required_files,
 )
-from misc import safe_pickle
-from misc.preprocessing import resize_bicubic
-from misc.shapes_attributes import ALL_ATTRIBUTES, chance_levels, measure, score
+from misc.evaluation.shapes_attributes import ALL_ATTRIBUTES, chance_levels, measure, score
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,7 +179,7 @@ def test_attribute_measurement_gives_chance_on_noise(eval_set):
 
 
 def test_largest_objects_at_the_extremes_stay_inside_the_training_crops():
-    from data.generate_shapes import POSITION_JITTER, SIZE_JITTER, make_images
+    from misc.data.shapes import POSITION_JITTER, SIZE_JITTER, make_images
     for shape in SHAPES:
         for position, (dx, dy) in POSITIONS.items():
             attrs = {"shape": shape, "color": "red", "background": "gray", "size": "large",

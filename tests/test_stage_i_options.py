@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from golden_support import TEXT_DIM, recorded_batch_statistics, tiny_config
-from misc.conditioning import kl_divergence_terms
-from misc.input_pipeline import noise_for_step
-from misc.layers import BatchNorm
+from misc.data.input_pipeline import noise_for_step
+from misc.nets.conditioning import kl_divergence_terms
+from misc.nets.layers import BatchNorm
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
 
@@ -54,7 +54,7 @@ def test_without_conditioning_augmentation_c_is_the_mean_and_there_is_no_kl():
     batch = batch_for(gan)
     out = gan.generator(batch["embeddings"], batch["d_eps"], batch["d_z"], training=False)
     np.testing.assert_array_equal(out["c"].numpy(), out["mean"].numpy())
-    losses, _ = gan.discriminator_step(batch)
+    losses, _ = gan.discriminator_update(batch)
     assert float(losses["g_loss_kl_loss"]) == 0.0
     assert float(losses["g_loss"]) == pytest.approx(float(losses["g_loss_fake"]))
     augmented = make_gan()
@@ -70,7 +70,7 @@ def test_without_wrong_images_the_loss_is_real_plus_fake_and_wrong_is_never_run(
     gan = make_gan(**{"TRAIN.B_WRONG": False})
     batch = batch_for(gan)
     with recorded_batch_statistics((gan.generator, gan.discriminator)) as records:
-        losses, _ = gan.discriminator_step(batch)
+        losses, _ = gan.discriminator_update(batch)
     assert "d_loss_wrong" not in losses
     assert float(losses["d_loss"]) == pytest.approx(float(losses["d_loss_real"] + losses["d_loss_fake"]))
     d_layers = {id(layer) for layer in gan.discriminator._flatten_layers(include_self=False, recursive=True)

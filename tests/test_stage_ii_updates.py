@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 
 from golden_support import TEXT_DIM, tiny_config
-from misc.input_pipeline import noise_for_step
-from misc.losses import generator_adversarial_loss
+from misc.data.input_pipeline import noise_for_step
+from misc.training.losses import generator_adversarial_loss
 from stageII.model import build_stage_ii
 from stageII.trainer import StageIIGAN
 
@@ -111,7 +111,7 @@ def test_finetuning_update_order(finetune_run):
     gan, replay, batch, _ = finetune_run
     emb = batch["embeddings"]
     # 1. Stage-II D, from the initial state.
-    replay.hr_discriminator_step(batch)
+    replay.hr_discriminator_update(batch)
     np.testing.assert_equal(trainables(replay.hr_discriminator), trainables(gan.hr_discriminator))
 
     # 2. Stage-II G and the fine-tuning of Stage-I G: both gradients of the
@@ -119,13 +119,13 @@ def test_finetuning_update_order(finetune_run):
     def hr_g_loss():
         g_out, hr_out = replay.stage_ii_forward(emb, batch["g_eps"], batch["g_z"], batch["g_hr_eps"])
         logit = replay.hr_discriminator(hr_out["images"], emb, training=True)
-        return generator_adversarial_loss(logit) + replay.updates.kl_term(hr_out)
+        return generator_adversarial_loss(logit) + replay.rules.kl_term(hr_out)
 
     assert_applied(first_moment(gan.hr_g_optimizer, gan.hr_generator),
                    gradient(hr_g_loss, replay.hr_generator), "Stage-II G")
     assert_applied(first_moment(gan.ft_g_optimizer, gan.generator),
                    gradient(hr_g_loss, replay.generator), "fine-tuned Stage-I G")
-    replay.hr_generator_step(batch)
+    replay.hr_generator_update(batch)
     np.testing.assert_equal(trainables(replay.hr_generator), trainables(gan.hr_generator))
 
     # 3. Stage-I D on the low-resolution images, after update 2.
@@ -133,21 +133,20 @@ def test_finetuning_update_order(finetune_run):
 
     def d_loss():
         fake = replay.generator(emb, batch["ld_eps"], batch["ld_z"], training=True)["images"]
-        losses, _ = replay.updates.discriminator_update(replay.discriminator, None, lr_real, lr_wrong,
-                                                        fake, emb)
+        losses, _ = replay.rules.discriminator_losses(replay.discriminator, lr_real, lr_wrong,
+                                                      tf.stop_gradient(fake), emb)
         return losses["d_loss"]
 
     assert_applied(first_moment(gan.d_optimizer, gan.discriminator),
                    gradient(d_loss, replay.discriminator), "Stage-I D")
-    replay.updates.discriminator_step(replay.generator, replay.discriminator, replay.d_optimizer,
-                                      lr_real, lr_wrong, emb, batch["ld_eps"], batch["ld_z"])
+    replay.finetune_discriminator_update(batch)
     np.testing.assert_equal(trainables(replay.discriminator), trainables(gan.discriminator))
 
     # 4. Stage-I G on its own loss, after update 3.
     def g_loss():
         g_out = replay.generator(emb, batch["lg_eps"], batch["lg_z"], training=True)
         logit = replay.discriminator(g_out["images"], emb, training=True)
-        return generator_adversarial_loss(logit) + replay.updates.kl_term(g_out)
+        return generator_adversarial_loss(logit) + replay.rules.kl_term(g_out)
 
     assert_applied(first_moment(gan.g_optimizer, gan.generator),
                    gradient(g_loss, replay.generator), "Stage-I G")

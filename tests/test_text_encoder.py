@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from misc.text_encoder import CaptionEncoder, content_words, encode_captions
+from misc.data.hash_encoder import CaptionEncoder, content_words, encode_captions
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +58,7 @@ def test_deterministic_within_and_across_processes():
     np.testing.assert_array_equal(first, encode_captions(CAPTIONS))
     np.testing.assert_array_equal(first, CaptionEncoder().encode(CAPTIONS))
     code = ("import hashlib, sys; sys.path.insert(0, sys.argv[1]);"
-            "from misc.text_encoder import encode_captions;"
+            "from misc.data.hash_encoder import encode_captions;"
             f"print(hashlib.sha256(encode_captions({CAPTIONS!r}).tobytes()).hexdigest())")
     # A different PYTHONHASHSEED would change anything based on hash().
     env = dict(os.environ, PYTHONHASHSEED="12345")

@@ -18,7 +18,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from misc import torch7
+from misc.reference import torch7
 
 CLASS_OF_DTYPE = {np.dtype("float32"): "Float", np.dtype("float64"): "Double",
                   np.dtype("uint8"): "Byte", np.dtype("int8"): "Char", np.dtype("int16"): "Short",

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import yaml
 
-from misc import safe_pickle
+from misc.data import safe_pickle
 
 
 def write_tiny_dataset(root, name="tiny", num_train=12, num_test=6, embedding_dim=24,
@@ -61,3 +61,17 @@ def write_config(path, cfg):
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     return path
+
+
+def stage_i_main(argv=None):
+    """What ``python stageI/run_exp.py`` runs, in this process."""
+    from misc.commands.train import main
+
+    return main(argv, stage=1)
+
+
+def stage_ii_main(argv=None):
+    """What ``python stageII/run_exp.py`` runs, in this process."""
+    from misc.commands.train import main
+
+    return main(argv, stage=2)
