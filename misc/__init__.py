@@ -1,7 +1,7 @@
 """The StackGAN library, by job (each subpackage's docstring says more):
 
 config.py    the config tree (the reference's, and extensions), its checks,
-             and the one-line errors every command reports
+             and the errors a user can fix (every command reports one as a line)
 data/        datasets in the reference format: loading, sampling, the input
              pipeline, pictures, pickles, atomic writes, the bundled shapes
              dataset and its caption encoder

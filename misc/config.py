@@ -73,7 +73,7 @@ def default_config():
     c.TRAIN.FINETUNE_LR = False
     c.TRAIN.FT_LR_RETIO = 0.1
 
-    # extension: how the training step runs (misc/acceleration.py): XLA
+    # extension: how the training step runs (misc/training/acceleration.py): XLA
     # 'auto' (on CPUs, where it is measured faster), 'on' or 'off'; PRECISION
     # 'float32', 'mixed' (float16 on GPUs, bfloat16 on CPUs that have it),
     # 'mixed_float16' or 'mixed_bfloat16'
@@ -81,7 +81,7 @@ def default_config():
     c.TRAIN.PRECISION = "float32"
     c.TRAIN.INTRA_OP_THREADS = 0  # extension: threads per CPU op (0: TensorFlow's, all cores)
 
-    # extension: multi-worker runs (misc/cluster.py): how long, in seconds,
+    # extension: multi-worker runs (misc/training/cluster.py): how long, in seconds,
     # a worker waits for all workers to start, and for the next training
     # step of the cluster before it names the worker that stopped stepping
     c.CLUSTER = edict()
@@ -250,7 +250,7 @@ _AT_LEAST = {
     "CLUSTER.STARTUP_TIMEOUT": (1, "seconds a worker waits for the others to start"),
     "CLUSTER.STEP_TIMEOUT": (1, "seconds a worker waits for the cluster's next training step"),
 }
-# TRAIN.XLA and TRAIN.PRECISION values (misc/acceleration.py says what they do).
+# TRAIN.XLA and TRAIN.PRECISION values (misc/training/acceleration.py says what they do).
 XLA_SETTINGS = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
 # Float settings that must not be negative (all floats must be finite).
@@ -331,3 +331,9 @@ def parse_gpu_ids(text):
     if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
         raise ConfigError(usage)
     return ids
+
+
+def stage_of(config):
+    """The stage a config trains: 2 when its CONFIG_NAME starts with
+    'stageII' (the reference's Stage-II configs), else 1."""
+    return 2 if str(config.CONFIG_NAME).startswith("stageII") else 1

@@ -13,9 +13,9 @@ import tensorflow as tf
 
 from misc.config import NETWORK_TYPES
 from misc.data.formats import LR_IMAGE_SIZE
-from misc.nets.blocks import ConditionalLogit, LayerFactory, relu, up
+from misc.nets.blocks import ConditionalLogit, ConditionedDiscriminator, LayerFactory, relu, up
 from misc.nets.conditioning import ConditioningAugmentation
-from misc.nets.layers import BatchNorm, Chain, ReferenceNamer, leaky_relu, reference_variables
+from misc.nets.layers import BatchNorm, Chain, ReferenceNamer, ReferenceNetwork, leaky_relu
 
 
 def check_network_type(network_type):
@@ -91,7 +91,7 @@ class SimpleImageGenerator(keras.layers.Layer):
         return self.stack(h, training=training)
 
 
-class StageIGenerator(keras.Model):
+class StageIGenerator(ReferenceNetwork):
     """Reference ``g_net``: Conditioning Augmentation, then the generator.
 
     ``call(embeddings, eps, z, training)`` returns a dict with ``images``
@@ -120,10 +120,6 @@ class StageIGenerator(keras.Model):
             z = tf.random.normal((tf.shape(c)[0], self.z_dim), dtype=c.dtype)
         images = self.image_generator(tf.concat([c, z], axis=1), training=training)
         return {"images": images, "c": c, "mean": mean, "log_sigma": log_sigma}
-
-    def reference_variables(self):
-        return reference_variables(self, self.scope)
-
 
 class DefaultImageEncoder(keras.layers.Layer):
     """Image -> s16 x s16 x 8df code with a residual block
@@ -160,7 +156,7 @@ def simple_image_encoder(df_dim, build):
     ], name="encoder")
 
 
-class StageIDiscriminator(keras.Model):
+class StageIDiscriminator(ConditionedDiscriminator):
     """Reference ``d_net``: ``call(images, embeddings, training)`` -> logits
     (B, 1, 1, 1).  The reference always runs it in training mode (batch
     statistics, moving-average updates), once per image set."""
@@ -180,12 +176,6 @@ class StageIDiscriminator(keras.Model):
             self.encoder = simple_image_encoder(df_dim, build)
         context_fc = build.fc(ef_dim)
         self.logit = ConditionalLogit(df_dim, image_size // 16, context_fc, build, name="logit")
-
-    def call(self, images, embeddings, training=True):
-        return self.logit(self.encoder(images, training=training), embeddings, training=training)
-
-    def reference_variables(self):
-        return reference_variables(self, self.scope)
 
 
 def build_stage_i(config, embedding_dim, image_size=LR_IMAGE_SIZE):

@@ -10,13 +10,13 @@ import keras
 import tensorflow as tf
 
 from misc.data.formats import LR_IMAGE_SIZE
-from misc.nets.blocks import ConditionalLogit, LayerFactory, ResidualBlock, relu, up
+from misc.nets.blocks import ConditionalLogit, ConditionedDiscriminator, LayerFactory, ResidualBlock, relu, up
 from misc.nets.conditioning import ConditioningAugmentation
-from misc.nets.layers import Chain, ReferenceNamer, leaky_relu, reference_variables, tile_to_map, track_layers
-from stageI.model import StageIDiscriminator, StageIGenerator, check_image_size
+from misc.nets.layers import Chain, ReferenceNamer, ReferenceNetwork, leaky_relu, tile_to_map, track_layers
+from stageI.model import build_stage_i, check_image_size
 
 
-class StageIIGenerator(keras.Model):
+class StageIIGenerator(ReferenceNetwork):
     """Reference ``hr_g_net``: its own Conditioning Augmentation; the Stage-I
     image encoded to s4 x s4 x 4gf (3x3 conv + ReLU, two 4x4 stride-2 convs +
     BN + ReLU); the text code tiled and concatenated; a joint 3x3 conv + BN +
@@ -65,10 +65,6 @@ class StageIIGenerator(keras.Model):
         images = self.upsampler(h, training=training)
         return {"images": images, "c": c, "mean": mean, "log_sigma": log_sigma}
 
-    def reference_variables(self):
-        return reference_variables(self, self.scope)
-
-
 class StageIIImageEncoder(keras.layers.Layer):
     """4s x 4s image -> s16 x s16 x 8df code (reference ``hr_d_encode_image``):
     six 4x4 stride-2 convs up to 32df, two 1x1 convs down to 8df (the last
@@ -98,7 +94,7 @@ class StageIIImageEncoder(keras.layers.Layer):
         return leaky_relu(node1_0 + self.node1_1(node1_0, training=training))
 
 
-class StageIIDiscriminator(keras.Model):
+class StageIIDiscriminator(ConditionedDiscriminator):
     """Reference ``hr_d_net``: ``call(images, embeddings, training)`` ->
     logits (B, 1, 1, 1) for 4s x 4s images.  Like every reference
     discriminator it always runs in training mode."""
@@ -114,12 +110,6 @@ class StageIIDiscriminator(keras.Model):
         self.encoder = StageIIImageEncoder(df_dim, build, name="encoder")
         self.logit = ConditionalLogit(df_dim, lr_size // 16, context_fc, build, name="logit")
 
-    def call(self, images, embeddings, training=True):
-        return self.logit(self.encoder(images, training=training), embeddings, training=training)
-
-    def reference_variables(self):
-        return reference_variables(self, self.scope)
-
 
 def build_stage_ii(config, embedding_dim, lr_size=LR_IMAGE_SIZE):
     """Create the four networks of Stage-II from a config tree (and their
@@ -128,16 +118,13 @@ def build_stage_ii(config, embedding_dim, lr_size=LR_IMAGE_SIZE):
     gan, aug = config.GAN, config.TRAIN.COND_AUGMENTATION
     if gan.NETWORK_TYPE != "default":
         raise ValueError(f"GAN.NETWORK_TYPE is '{gan.NETWORK_TYPE}'; Stage-II exists only for 'default'.")
-    generator = StageIGenerator(z_dim=config.Z_DIM, ef_dim=gan.EMBEDDING_DIM, gf_dim=gan.GF_DIM,
-                                image_size=lr_size, cond_augmentation=aug)
-    discriminator = StageIDiscriminator(df_dim=gan.DF_DIM, ef_dim=gan.EMBEDDING_DIM, image_size=lr_size)
+    generator, discriminator = build_stage_i(config, embedding_dim, lr_size)
     hr_generator = StageIIGenerator(ef_dim=gan.EMBEDDING_DIM, gf_dim=gan.GF_DIM, lr_size=lr_size,
                                     cond_augmentation=aug)
     hr_discriminator = StageIIDiscriminator(df_dim=gan.DF_DIM, ef_dim=gan.EMBEDDING_DIM, lr_size=lr_size)
     emb = tf.zeros((1, embedding_dim))
     eps = tf.zeros((1, gan.EMBEDDING_DIM))
     lr = generator(emb, eps, tf.zeros((1, config.Z_DIM)), training=False)["images"]
-    discriminator(lr, emb, training=False)
     hr = hr_generator(lr, emb, eps, training=False)["images"]
     hr_discriminator(hr, emb, training=False)
     return generator, discriminator, hr_generator, hr_discriminator

@@ -39,7 +39,7 @@ gc.freeze()
 def _released():
     """Each module's graphs released when it ends, as if it ran on its own.
 
-    In a graph, ``tf.custom_gradient`` (misc/layers.py uses it for batch norm
+    In a graph, ``tf.custom_gradient`` (misc/nets/layers.py uses it for batch norm
     and up-sampling) registers a new global gradient function at every call
     and never removes it; the function holds its graph, so every traced
     training step would stay alive for the whole session (5 GB by its end,

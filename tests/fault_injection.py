@@ -32,7 +32,7 @@ import tensorflow as tf
 from tensorflow.python.ops import gen_io_ops
 
 import conftest  # applies the suite's TensorFlow settings
-from misc.experiment import run_main
+from misc.commands.train import cli
 
 
 def hang(ready_file):
@@ -82,11 +82,7 @@ def main():
     assert tf.config.threading.get_intra_op_parallelism_threads() == conftest.THREADS
     {"in-snapshot": hang_in_snapshot, "after-step": hang_after_step,
      "signal-after-step": signal_after_step}[fault](int(iteration), ready_file)
-    if stage == "1":
-        from stageI.experiment import main as stage_main
-    else:
-        from stageII.experiment import main as stage_main
-    run_main(stage_main, sys.argv[6:])
+    cli(sys.argv[6:], stage=int(stage))
 
 
 if __name__ == "__main__":

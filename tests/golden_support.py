@@ -43,7 +43,7 @@ ADAM_EPSILON = np.float32(1e-8)
 EMA_RATE = np.float32(1.0 - 0.9)
 
 # Our discriminator applies its three moving-average updates wrong, real,
-# fake (docs/reference_quirks.md, "D batch-norm update order"); the fixture
+# fake (docs/reference_quirks.md, Q11); the fixture
 # codes chains 0/1/2 as real/wrong/fake.
 OUR_D_UPDATE_ORDER = (1, 0, 2)
 D_SCOPES = ("d_net", "hr_d_net")
@@ -459,7 +459,7 @@ def bn_layer_names(networks):
 
 # -- rectifier kinks ------------------------------------------------------------
 
-# The rectifiers the networks call (misc/layers.py, misc/blocks.py), by the
+# The rectifiers the networks call (misc/nets/layers.py, misc/nets/blocks.py), by the
 # TensorFlow function they go through, and the derivative left of the kink.
 RECTIFIERS = {"leaky_relu": lambda kwargs: kwargs.get("alpha", 0.2), "relu": lambda kwargs: 0.0}
 

@@ -2,7 +2,7 @@
 a ``.t7`` file, and what their Lua computes, without Lua.
 
 Two independent parts, neither using the code under test
-(``misc/char_cnn_rnn.py``, ``misc/torch7_encoder.py``):
+(``misc/nets/char_cnn_rnn.py``, ``misc/reference/torch7_encoder.py``):
 
 * ``encoder_file`` builds the encoder as the Lua builds it and torch.save
   writes it, through a Python emulation of the libraries involved, written

@@ -1,10 +1,10 @@
-"""How the training step runs on this machine (misc/acceleration.py), in
+"""How the training step runs on this machine (misc/training/acceleration.py), in
 fresh processes under both of TensorFlow's CPU kernel sets
 (TF_ENABLE_ONEDNN_OPTS=0 and =1 stand in for CPUs without and with AVX-512)
 and with and without native bfloat16 (the CPU flags faked in the child):
 
 * TRAIN.XLA 'auto' compiles a single process's step exactly where that was
-  measured faster, without oneDNN (README, Performance), and never a step
+  measured faster, without oneDNN (docs/performance.md), and never a step
   that all-reduces across worker processes on CPUs; 'on' there is a
   one-line error naming what the user typed;
 * TRAIN.PRECISION 'mixed' computes in bfloat16 where the CPU has it and
@@ -24,7 +24,8 @@ CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from misc.training import acceleration
-from misc.config import ConfigError, default_config
+from misc.config import default_config
+from misc.config import ConfigError
 from misc.training import machine
 machine.cpu_has_native_bfloat16 = lambda: sys.argv[2] == "1"  # this machine's flags, faked
 config = default_config()

@@ -1,21 +1,27 @@
-"""misc/benchmark.py on tiny configs: the figures are present and consistent.
+"""The benchmark (misc/commands/benchmark.py, misc/training/benchmark.py)
+and the side-by-side timer (misc/commands/compare.py) on tiny configs: the
+figures are present and consistent.
 
 Both stages run end to end on the default strategy (Stage-II chosen from
 CONFIG_NAME); the multi-replica path of the step and the measurement runs on
 a two-replica MirroredStrategy over the two logical CPUs of tests/conftest.py
-with a stand-in model (a full GAN traced for two replicas takes ~30 s here).
+with a stand-in trainer (a full GAN traced for two replicas takes ~30 s here).
 """
 
 import json
 import re
 import subprocess
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from misc.commands import benchmark
-from misc.config import ConfigError, load_config
+from misc.commands import benchmark as command
+from misc.commands import compare
+from misc.config import ConfigError, load_config, stage_of
+from misc.training import benchmark
+from misc.training.gan_trainer import GANTrainer
 from tests.tiny_dataset import write_config
 
 BATCH = 4
@@ -34,9 +40,9 @@ def tiny_config(path, config_name):
 def run_benchmark(tmp_path, capsys, config_name, strategy=None):
     cfg = tiny_config(tmp_path / f"{config_name}.yml", config_name)
     out = tmp_path / "bench.json"
-    returned = benchmark.main(["--cfg", cfg, "--steps", "2", "--warmup", "1", "--num-images", "8",
-                               "--embedding-dim", str(TEXT_DIM), "--json", str(out)],
-                              strategy=strategy)
+    returned = command.main(["--cfg", cfg, "--steps", "2", "--warmup", "1", "--num-images", "8",
+                             "--embedding-dim", str(TEXT_DIM), "--json", str(out)],
+                            strategy=strategy)
     with open(out) as f:
         written = json.load(f)
     assert written == json.loads(json.dumps(returned))
@@ -94,26 +100,32 @@ def test_stage_ii_chosen_by_config_name(tmp_path, capsys):
     assert "Stage-II " in printed
 
 
-class StandInGAN:
-    """Just enough of a trainer for the step: a global-batch mean over replicas."""
+class StandInGAN(GANTrainer):
+    """Just enough of a trainer for fit's step: the global-batch mean of x."""
 
     def train_step(self, batch):
-        ctx = tf.distribute.get_replica_context()
-        share = tf.reduce_sum(batch["x"]) / (BATCH * 3)
-        return {"d_loss": ctx.all_reduce(tf.distribute.ReduceOp.SUM, share)}
+        share = tf.reduce_sum(batch["x"]) / (BATCH * 3)  # this replica's part of the mean
+        return self.finish_step({}, {"mean": share}, {}, {})
 
 
-def test_step_and_measurement_on_two_replicas(two_replicas):
+def test_fit_step_and_measurement_on_two_replicas(two_replicas):
     strategy = two_replicas
+    with strategy.scope():
+        gan = StandInGAN()
+    gan.compile(jit_compile=False)
+    gan.make_train_function()
+    step = gan.distributed_step  # what fit runs and the benchmark times
     data = tf.data.Dataset.range(100).map(lambda i: {"x": tf.fill((BATCH, 3), tf.cast(i, tf.float32))})
     iterator = iter(strategy.experimental_distribute_dataset(data))
-    step = benchmark.compiled_step(StandInGAN(), strategy, jit=False)
-    assert benchmark.wait_for(step(next(iterator)), "d_loss") == [0.0, 0.0]  # one per replica
-    raw = benchmark.measure(step, iterator, "d_loss", steps=3, warmup=2)
+    # Each replica holds half of batch 0 (all zeros); the log is the all-reduced mean.
+    assert benchmark.wait_for(step(next(iterator)), "summary/mean") == 0.0
+    session = types.SimpleNamespace(timed_step=lambda: benchmark.timed_step(step, iterator, "summary/mean"))
+    raw = benchmark.measure(session, steps=3, warmup=2)
     assert len(raw["step_times"]) == len(raw["wait_times"]) == 3
     assert all(0 <= w <= t for w, t in zip(raw["wait_times"], raw["step_times"]))
     assert sum(raw["step_times"]) <= raw["wall_s"]
-    assert benchmark.wait_for(step(next(iterator)), "d_loss") == [6.0, 6.0]  # batches 1-5 consumed
+    assert benchmark.wait_for(step(next(iterator)), "summary/mean") == 6.0  # batches 1-5 consumed
+    assert int(gan.counter.numpy()) == 7
     assert benchmark.replica_devices(strategy) == list(strategy.extended.worker_devices)
 
 
@@ -128,47 +140,51 @@ def test_synthetic_split_is_in_the_reference_format():
 
 def test_default_stage_and_argument_checks(tmp_path):
     cfg = tiny_config(tmp_path / "c.yml", "stageII_flowers")
-    assert benchmark.default_stage(load_config(cfg)) == 2
-    assert benchmark.default_stage(load_config(tiny_config(tmp_path / "d.yml", "stageI"))) == 1
+    assert stage_of(load_config(cfg)) == 2
+    assert stage_of(load_config(tiny_config(tmp_path / "d.yml", "stageI"))) == 1
     with pytest.raises(SystemExit):
-        benchmark.parse_args(["--cfg", cfg, "--warmup", "0"])  # the first step traces
+        command.parse_args(["--cfg", cfg, "--warmup", "0"])  # the first step traces
 
 
 def test_side_by_side_with_a_git_revision(tmp_path, capsys):
-    """--baseline HEAD: the committed code and the working tree, each in its
-    own worker process, alternate single iterations; the ratio is of the
-    medians."""
+    """A side "@HEAD" runs the committed code, the other the working tree,
+    each in its own worker process; they alternate single iterations and the
+    ratio is of the medians."""
     cfg = str(write_config(tmp_path / "tiny.yml", {
         "CONFIG_NAME": "stageI", "Z_DIM": 8,
-        "TRAIN": {"BATCH_SIZE": BATCH, "NUM_EMBEDDING": 4, "XLA": "off"},
+        "TRAIN": {"BATCH_SIZE": BATCH, "NUM_EMBEDDING": 4},
         "GAN": {"EMBEDDING_DIM": 8, "DF_DIM": 4, "GF_DIM": 8},
     }))
     out = tmp_path / "side_by_side.json"
-    result = benchmark.main(["--cfg", cfg, "--steps", "2", "--warmup", "1", "--num-images", "8",
-                             "--embedding-dim", str(TEXT_DIM), "--baseline", "HEAD", "--json", str(out)])
+    sides = ["--xla off", "@HEAD TF_ENABLE_ONEDNN_OPTS=0 --xla off"]
+    result = compare.main(["--cfg", cfg, "--steps", "2", "--warmup", "1", "--num-images", "8",
+                           "--embedding-dim", str(TEXT_DIM), "--side", sides[0], "--side", sides[1],
+                           "--json", str(out)])
     printed = capsys.readouterr().out
     with open(out) as f:
         assert json.load(f) == json.loads(json.dumps(result))
-    head = subprocess.run(["git", "-C", benchmark.REPOSITORY, "rev-parse", "HEAD"], capture_output=True,
+    head = subprocess.run(["git", "-C", compare.REPOSITORY, "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    assert result["baseline_commit"] == head and result["status"] == "ok"
-    sides = result["sides"]
-    assert set(sides) == {"working tree", "baseline"}
-    assert sides["baseline"]["root"] != benchmark.REPOSITORY  # an extracted copy of HEAD
-    for side in sides.values():
+    assert result["commits"] == {"HEAD": head} and result["status"] == "ok"
+    assert list(result["sides"]) == sides
+    assert result["sides"][sides[0]]["root"] == compare.REPOSITORY
+    assert result["sides"][sides[1]]["root"] != compare.REPOSITORY  # an extracted copy of HEAD
+    for side in result["sides"].values():
         assert len(side["step_times"]) == 2 and all(t > 0 for t in side["step_times"])
         assert side["xla"] is False and side["batch_size"] == BATCH and side["peak_host_memory_mib"] > 0
     c = result["comparison"]
-    medians = {name: float(np.median(side["step_times"])) for name, side in sides.items()}
-    assert c["median_s"] == pytest.approx(medians)
-    assert c["ratio"] == pytest.approx(medians["working tree"] / medians["baseline"])
-    rounds = [a / b for a, b in zip(sides["working tree"]["step_times"], sides["baseline"]["step_times"])]
-    assert c["round_ratio_min"] == pytest.approx(min(rounds)) and c["rounds"] == 2
-    printed_ratio = figure(printed, r"ratio \(working tree / baseline.*?\): ([\d.]+)")
-    assert printed_ratio == pytest.approx(c["ratio"], abs=6e-4)
+    medians = {name: float(np.median(side["step_times"])) for name, side in result["sides"].items()}
+    assert c[sides[0]]["ratio"] == 1.0
+    assert c[sides[1]]["median_s"] == pytest.approx(medians[sides[1]])
+    assert c[sides[1]]["ratio"] == pytest.approx(medians[sides[1]] / medians[sides[0]])
+    rounds = [a / b for a, b in zip(result["sides"][sides[1]]["step_times"],
+                                    result["sides"][sides[0]]["step_times"])]
+    assert c[sides[1]]["round_ratio_min"] == pytest.approx(min(rounds))
+    printed_ratio = figure(printed, r"\[@HEAD [^\]]*\] [\d.]+ s/iteration, ratio ([\d.]+)")
+    assert printed_ratio == pytest.approx(c[sides[1]]["ratio"], abs=6e-4)
 
 
-def test_baseline_must_be_a_commit(tmp_path):
+def test_side_revision_must_be_a_commit(tmp_path):
     cfg = tiny_config(tmp_path / "c.yml", "stageI")
-    with pytest.raises(ConfigError, match="--baseline no-such-revision"):
-        benchmark.main(["--cfg", cfg, "--baseline", "no-such-revision"])
+    with pytest.raises(ConfigError, match="--side @no-such-revision"):
+        compare.main(["--cfg", cfg, "--side", "@no-such-revision", "--side", "--xla off"])

@@ -1,5 +1,5 @@
-"""The authors' char-CNN-RNN text encoders (issue 21): misc/char_cnn_rnn.py and
-misc/torch7_encoder.py against files laid out as the authors' .t7 files are
+"""The authors' char-CNN-RNN text encoders (issue 21): misc/nets/char_cnn_rnn.py and
+misc/reference/torch7_encoder.py against files laid out as the authors' .t7 files are
 and against what their Lua computes, both from tests/lua_encoder_fixture.py
 (an emulation of torch/nngraph and the authors' modules, and a float64 NumPy
 forward pass written from the Lua; neither uses the code under test).

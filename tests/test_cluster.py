@@ -1,4 +1,4 @@
-"""Multi-worker start-up and liveness, without training (misc/cluster.py).
+"""Multi-worker start-up and liveness, without training (misc/training/cluster.py).
 
 Before TensorFlow starts its own cluster, the workers meet in plain Python
 (``rendezvous``): the wait is bounded, a busy port, a duplicate task, a

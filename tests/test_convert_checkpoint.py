@@ -1,4 +1,4 @@
-"""misc/convert_checkpoint.py as a careless or hostile user runs it (issue 24).
+"""misc/commands/convert_checkpoint.py as a careless or hostile user runs it (issue 24).
 
 IN = OUT is refused up front however it is spelled (the prefix itself, a
 relative path through '..', a link to its folder, the folder holding it),

@@ -15,9 +15,9 @@ from demo import embed
 from golden_support import TEXT_DIM, unpack_checkpoint
 from lua_encoder_fixture import encoder_file, random_parameters, reference_embeddings
 from misc.commands.common import run_main
+from misc.config import InputError
 from misc.data import safe_pickle
 from misc.data.datasets import TextDataset
-from misc.evaluation.sampling import InputError
 from misc.reference import torch7
 from test_char_cnn_rnn import CAPTIONS, TOLERANCE
 from test_demo import load_npz, write_config

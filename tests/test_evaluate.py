@@ -1,4 +1,4 @@
-"""misc/evaluate.py end to end: a tiny Stage-II model, the Inception fixture
+"""misc/commands/evaluate.py end to end: a tiny Stage-II model, the Inception fixture
 (tests/inception_support.py), a small FID graph; a folder of pictures; bad
 inputs."""
 

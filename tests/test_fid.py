@@ -1,4 +1,4 @@
-"""misc/fid.py: Fréchet distance, the FID graph's feature path, cached
+"""misc/evaluation/fid.py: Fréchet distance, the FID graph's feature path, cached
 statistics (a damaged, odd, read-only or half-written cache never stops
 the evaluation: issue 24)."""
 

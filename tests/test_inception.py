@@ -1,4 +1,4 @@
-"""misc/inception.py: the authors' Inception-v3 evaluation model and score.
+"""misc/evaluation/inception.py: the authors' Inception-v3 evaluation model and score.
 
 The fixture (tests/inception_support.py) was computed by the authors'
 unmodified inception_score.py; here the Keras model loads its checkpoint and

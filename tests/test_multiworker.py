@@ -54,7 +54,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -67,6 +66,7 @@ from misc.config import ConfigError
 from misc.data.datasets import Split
 from misc.data.input_pipeline import distributed_training_dataset, training_dataset
 from misc.training import cluster
+from test_cluster import free_ports
 from test_reliability import FAULT_SCRIPT, run_in_process, snapshots
 from test_run_exp import STAGE_II, summary_values
 from tiny_dataset import stage_i_main, stage_ii_main, tiny_train_config, write_config, write_tiny_dataset
@@ -223,16 +223,6 @@ def processes():
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def cluster_config(name, **overrides):

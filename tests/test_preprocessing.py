@@ -1,4 +1,4 @@
-"""Tests for misc/preprocessing.py and the birds/flowers preprocessing scripts,
+"""Tests for misc/data/preprocessing.py and the birds/flowers preprocessing scripts,
 including their hostile inputs (issue 24)."""
 
 import os

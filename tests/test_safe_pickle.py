@@ -1,4 +1,4 @@
-"""misc/safe_pickle.py against hostile and legitimate files (issue 24).
+"""misc/data/safe_pickle.py against hostile and legitimate files (issue 24).
 
 Hostile: tiny crafted pickles that would make a plain unpickler allocate
 gigabytes (``bytes(2e9)``, a memo index of 2**28, a BYTEARRAY8 claiming a

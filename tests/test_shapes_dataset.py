@@ -1,4 +1,4 @@
-"""Tests for data/generate_shapes.py and misc/shapes_attributes.py."""
+"""Tests for data/generate_shapes.py and misc/evaluation/shapes_attributes.py."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""misc/torch7.py against files made by a small torch7 *writer* (below).
+"""misc/reference/torch7.py against files made by a small torch7 *writer* (below).
 
 The writer follows torch7's ``File:writeObject`` layout (little-endian,
 8-byte longs): an int32 type code per object; numbers as doubles; strings as

@@ -12,9 +12,15 @@ iterations: ``python -m misc.commands.compare``.  Exit code 1 when ``--xla
 on`` does not compile.
 """
 
-import argparse
-
-from misc.commands.common import ArgumentParser, add_step_arguments, run_main
+from misc.commands.common import (
+    ArgumentParser,
+    add_device_arguments,
+    load_run_config,
+    positive_int,
+    run_main,
+    typed_names,
+)
+from misc.config import stage_of
 from misc.data.formats import TEXT_EMBEDDING_DIM
 
 BIRDS_TRAIN_IMAGES = 8855  # CUB-200 training split, the reference dataset
@@ -23,59 +29,48 @@ MAX_SYNTHETIC_IMAGES = 20_000
 MAX_EMBEDDING_DIM = 8192  # skip-thought vectors have 4800
 
 
-def parse_args(argv=None):
+def parser(prog=None):
+    """The benchmark's options (``prog``: the name its errors give)."""
     parser = ArgumentParser(
+        prog=prog,
         description="Measure StackGAN training speed (seconds per iteration, images per "
                     "second, input-pipeline wait, peak memory) on synthetic or real data.")
     parser.add_argument("--cfg", dest="cfg_file", required=True,
                         help="YAML config file (e.g. stageI/cfg/birds.yml)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=None,
                         help="1 or 2 (default: 2 when CONFIG_NAME starts with 'stageII', else 1)")
-    parser.add_argument("--steps", type=_positive(), default=20, help="measured steps (default 20)")
-    parser.add_argument("--warmup", type=_positive(), default=3,
+    parser.add_argument("--steps", type=positive_int(), default=20, help="measured steps (default 20)")
+    parser.add_argument("--warmup", type=positive_int(), default=3,
                         help="unmeasured steps first, the first of which traces and compiles "
                              "(default 3, at least 1)")
-    parser.add_argument("--gpu", default=None,
-                        help="GPU id(s), e.g. 0 or 0,1 (default: all visible GPUs; CPU when none)")
-    parser.add_argument("--batch-size", type=_positive(), default=None,
+    parser.add_argument("--batch-size", type=positive_int(), default=None,
                         help="global batch size (default: TRAIN.BATCH_SIZE)")
-    parser.add_argument("--num-images", type=_positive(MAX_SYNTHETIC_IMAGES), default=BIRDS_TRAIN_IMAGES,
+    parser.add_argument("--num-images", type=positive_int(MAX_SYNTHETIC_IMAGES), default=BIRDS_TRAIN_IMAGES,
                         help=f"synthetic images held in memory (default {BIRDS_TRAIN_IMAGES}, "
                              "the birds training split)")
-    parser.add_argument("--embedding-dim", type=_positive(MAX_EMBEDDING_DIM), default=TEXT_EMBEDDING_DIM,
+    parser.add_argument("--embedding-dim", type=positive_int(MAX_EMBEDDING_DIM), default=TEXT_EMBEDDING_DIM,
                         help=f"synthetic text-embedding size (default {TEXT_EMBEDDING_DIM}, char-CNN-RNN)")
     parser.add_argument("--data", action="store_true",
                         help="use the configured dataset (DATA_DIR/DATASET_NAME) instead of "
                              "synthetic data")
-    add_step_arguments(parser)
+    add_device_arguments(parser)
     parser.add_argument("--json", dest="json_out", default=None,
                         help="also write the figures to this JSON file")
-    return parser.parse_args(argv)
+    return parser
 
 
-def _positive(most=None):
-    """An argparse type: a whole number from 1 (to ``most``)."""
-
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1 or (most is not None and value > most):
-            bounds = "of at least 1" if most is None else f"from 1 to {most:,}"
-            raise argparse.ArgumentTypeError(f"{text}: give a whole number {bounds}")
-        return value
-
-    return parse
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def main(argv=None, strategy=None):
     """The command; returns the figures.  ``strategy`` replaces
     ``make_strategy`` (for tests)."""
     args = parse_args(argv)
-    from misc.data.atomic import check_not_input, check_writable
-
+    config = run_config(args)
     if args.json_out:
+        from misc.data.atomic import check_not_input, check_writable
+
         check_writable(args.json_out, "--json")
         check_not_input(args.json_out, [args.cfg_file], "--json")
     from misc.commands.startup import start_tensorflow
@@ -83,19 +78,24 @@ def main(argv=None, strategy=None):
     start_tensorflow()
     from misc.training import benchmark
 
-    return benchmark.run(args, session(args, strategy))
+    return benchmark.run(args, session(args, config, strategy))
 
 
-def session(args, strategy=None):
-    """The ``misc.training.benchmark.Session`` of the parsed options
-    ``args`` (TensorFlow started)."""
-    from misc.commands.common import load_run_config, typed_names
-    from misc.commands.stages import build_stage_gan, stage_of
-    from misc.training.benchmark import Session
-
+def run_config(args):
+    """The config measured: --cfg with the options' overrides."""
     config = load_run_config(args)
     if args.batch_size is not None:
         config.TRAIN.BATCH_SIZE = args.batch_size
+    return config
+
+
+def session(args, config=None, strategy=None):
+    """The ``misc.training.benchmark.Session`` of the parsed options
+    ``args`` (TensorFlow started; ``config``: ``run_config(args)``)."""
+    from misc.commands.stages import build_stage_gan
+    from misc.training.benchmark import Session
+
+    config = run_config(args) if config is None else config
     return Session(args, config, args.stage or stage_of(config), build_stage_gan, names=typed_names(args),
                    strategy=strategy)
 

@@ -41,6 +41,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_ERROR)
 
 
+def positive_int(most=None):
+    """An argparse ``type``: a whole number of at least 1 (and at most ``most``)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or (most is not None and value > most):
+            bounds = "of at least 1" if most is None else f"from 1 to {most:,}"
+            raise argparse.ArgumentTypeError(f"{text}: give a whole number {bounds}")
+        return value
+
+    return parse
+
+
 def check_range(option, value, low, high=None, what=""):
     """Refuse ``value`` of ``option`` outside [low, high] with one line."""
     if value < low or (high is not None and value > high):

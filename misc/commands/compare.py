@@ -28,8 +28,9 @@ import sys
 import tarfile
 import tempfile
 
-from misc.commands.common import ArgumentParser, run_main
-from misc.config import ConfigError
+from misc.commands import benchmark
+from misc.commands.common import ArgumentParser, positive_int, run_main
+from misc.config import ConfigError, load_config
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(REPOSITORY, "misc", "commands", "benchmark_worker.py")
@@ -43,21 +44,19 @@ def parse_args(argv=None):
     parser.add_argument("--cfg", dest="cfg_file", required=True, help="YAML config file of every side")
     parser.add_argument("--side", dest="sides", action="append", required=True,
                         help='one side: "[@REV] [NAME=VALUE ...] [benchmark options]" (give two or more)')
-    parser.add_argument("--steps", type=int, default=20, help="alternated rounds (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps per side first (default 3)")
+    parser.add_argument("--steps", type=positive_int(), default=20, help="alternated rounds (default 20)")
+    parser.add_argument("--warmup", type=positive_int(), default=3,
+                        help="unmeasured steps per side first (default 3)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=None)
     parser.add_argument("--gpu", default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-images", type=int, default=None)
-    parser.add_argument("--embedding-dim", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int(), default=None)
+    parser.add_argument("--num-images", type=positive_int(), default=None)
+    parser.add_argument("--embedding-dim", type=positive_int(), default=None)
     parser.add_argument("--data", action="store_true", help="the configured dataset, not synthetic data")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if len(args.sides) < 2:
         raise ConfigError("--side: give at least two sides to compare.")
-    for name in ("steps", "warmup"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} {getattr(args, name)}: must be at least 1.")
     return args
 
 
@@ -189,11 +188,25 @@ def load_average():
         return None
 
 
+def check_side(text, options, args):
+    """Parse a working-tree side's benchmark options as its worker will."""
+    parsed, unknown = benchmark.parser(prog="python -m misc.commands.benchmark").parse_known_args(
+        shared_options(args) + options)
+    if unknown:
+        raise ConfigError(f"--side {text!r}: {' '.join(unknown)} is not a benchmark option (see "
+                          "python -m misc.commands.benchmark --help).")
+    benchmark.run_config(parsed)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    load_config(args.cfg_file)
     specs = [(text, *side_spec(text)) for text in args.sides]
     if len({text for text, *_ in specs}) != len(specs):
         raise ConfigError("--side: every side must differ.")
+    for text, revision, _, options in specs:
+        if revision is None:
+            check_side(text, options, args)
     if args.json_out:
         from misc.data.atomic import check_writable
 

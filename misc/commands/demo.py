@@ -17,7 +17,7 @@ Captions, one of:
                               an (N, dim) embedding array and its captions, one
                               per line (default: EMB's name with .txt)
   --caption_path CAPTIONS.txt a plain text file, one caption per line, embedded
-                              with the bundled encoder (misc/text_encoder.py)
+                              with the bundled encoder (misc/data/hash_encoder.py)
   --caption "TEXT" [--caption "TEXT" ...]
                               typed captions, embedded with the bundled encoder
 
@@ -260,7 +260,7 @@ def load_inputs(args, config, info, is_reference):
         embeddings = embed_captions(model, texts or captions, lowercase=args.lowercase)
     elif embeddings is None:
         if is_reference:
-            print("note: captions are embedded with the bundled encoder (misc/text_encoder.py), not the "
+            print("note: captions are embedded with the bundled encoder (misc/data/hash_encoder.py), not the "
                   "char-CNN-RNN encoder the published models were trained with; use a .t7 file from "
                   "demo/get_embedding.lua for meaningful samples.")
         embeddings = encode_captions(captions, dim=info.embedding_dim)

@@ -18,7 +18,7 @@ takes caption i // N of test image i % N (N test images), so a smaller
 draws further samples of the same captions.  Samples become uint8 as the
 authors saved them, ``(x + 1) * 127.5`` truncated.
 
-The score is the authors' computation (``misc.inception``): the images
+The score is the authors' computation (``misc.evaluation.inception``): the images
 shuffled (``--seed``), whole batches of ``--batch-size`` scored, ``--splits``
 splits, mean and standard deviation.  ``--images DIR`` reads the folder as the
 authors' script does (``os.walk`` order, files whose name contains 'jpg' or
@@ -39,7 +39,7 @@ and checksummed), the checkpoint's, the dataset and every picture of
 import os
 
 from misc.commands.common import ArgumentParser, check_range, run_main
-from misc.config import MAX_SEED, OUTPUT_ROOT, ConfigError, parse_gpu_ids
+from misc.config import MAX_SEED, OUTPUT_ROOT, ConfigError, load_config, parse_gpu_ids
 from misc.data.atomic import check_writable
 from misc.data.formats import LOAD_SIZES, LR_IMAGE_SIZE
 from misc.evaluation.defaults import (
@@ -113,12 +113,13 @@ def check_arguments(args):
 def main(argv=None):
     args = parse_args(argv)
     check_arguments(args)
+    config = load_config(args.cfg_file) if args.cfg_file else None
     from misc.commands.startup import start_tensorflow
 
     start_tensorflow()
     from misc.evaluation.scoring import evaluate
 
-    return evaluate(args)
+    return evaluate(args, config)
 
 
 def cli(argv=None):

@@ -6,7 +6,7 @@
 For the first caption of each of the first ``--num`` test images, the model
 draws ``--copies`` samples (random z and eps, inference batch norm).  Every
 sample is measured by exact colour measurement against the generator's
-palette (``misc.shapes_attributes``: background = border colour, object =
+palette (``misc.evaluation.shapes_attributes``: background = border colour, object =
 pixels far from it, its colour, area and outline) and compared with what the
 caption says: object colour and shape (every caption names them),
 background colour and size (scored only for captions that name them).  The
@@ -114,7 +114,7 @@ def format_table(result):
 MAX_CAPTIONS = 100_000  # --num: test captions at most
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = ArgumentParser(description="Caption consistency on the shapes dataset")
     parser.add_argument("--cfg", dest="cfg_file", required=True, help="the config the model was trained with")
     parser.add_argument("--checkpoint", required=True, help="checkpoint prefix or run directory")
@@ -122,7 +122,11 @@ def main(argv=None):
     parser.add_argument("--copies", type=int, default=2, help="samples per caption (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_out", default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     check_range("--num", args.num, 1, MAX_CAPTIONS, "test captions")
     check_range("--copies", args.copies, 1, MAX_COPIES, "samples per caption")
     check_range("--seed", args.seed, 0, MAX_SEED, "it seeds the noise")

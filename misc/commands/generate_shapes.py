@@ -16,7 +16,7 @@ from misc.commands.common import ArgumentParser, check_range, run_main
 from misc.config import MAX_SEED
 
 
-def main(argv=None):
+def parse_args(argv=None):
     from misc.data import shapes
 
     parser = ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,7 +33,13 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true",
                         help="write into a folder that holds other files too (files of the dataset's "
                              "names are replaced, nothing else is touched)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    from misc.data import shapes
+
+    args = parse_args(argv)
     check_range("--num-train", args.num_train, 1, shapes.MAX_IMAGES, "training pictures")
     check_range("--num-test", args.num_test, 1, shapes.MAX_IMAGES, "test pictures")
     check_range("--seed", args.seed, 0, MAX_SEED, "it seeds the attributes, jitter and captions")

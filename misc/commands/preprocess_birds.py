@@ -57,12 +57,15 @@ def read_bounding_boxes(cub_dir):
     return boxes
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data/birds",
                         help="folder holding CUB_200_2011/, train/ and test/ (default: data/birds)")
-    args = parser.parse_args(argv)
-    data_dir = args.data_dir
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    data_dir = parse_args(argv).data_dir
     cub_dir = os.path.join(data_dir, "CUB_200_2011")
     cub_hint = CUB_HINT.format(data_dir=data_dir)
     for name in ("images.txt", "bounding_boxes.txt", "images"):

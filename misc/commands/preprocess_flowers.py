@@ -23,12 +23,15 @@ EMBEDDINGS_HINT = ("download the StackGAN char-CNN-RNN text embeddings for flowe
                    "{data_dir}/test hold filenames.pickle")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data/flowers",
                         help="folder holding jpg/, train/ and test/ (default: data/flowers)")
-    args = parser.parse_args(argv)
-    data_dir = args.data_dir
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    data_dir = parse_args(argv).data_dir
     require_path(os.path.join(data_dir, "jpg"), IMAGES_HINT.format(data_dir=data_dir))
     convert_dataset(data_dir,
                     image_path_for_key=lambda key: os.path.join(data_dir, key + ".jpg"),

@@ -51,12 +51,6 @@ STAGES = {
 }
 
 
-def stage_of(config):
-    """The stage a config trains: 2 when its CONFIG_NAME starts with
-    'stageII' (the reference's Stage-II configs), else 1."""
-    return 2 if str(config.CONFIG_NAME).startswith("stageII") else 1
-
-
 def build_stage_gan(config, stage, embedding_dim, strategy=None, lr_size=None, choices=None):
     """The trainer of Stage ``stage`` (1 or 2): that stage's ``build_gan``."""
     kwargs = {} if lr_size is None else {"lr_size": lr_size}

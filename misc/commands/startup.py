@@ -8,7 +8,7 @@ where the CPU has AVX-512 (on others TF_ENABLE_ONEDNN_OPTS=1 asks for it).
 The scripts ask for it everywhere on x86 unless TF_ENABLE_ONEDNN_OPTS is set:
 measured on a 2-core AVX2 CPU, the quick-start step is 2.4 times as fast
 with oneDNN as without (and 1.6 times as fast as without oneDNN but with
-XLA), Stage-I birds about 1.9 times (README, Performance).
+XLA), Stage-I birds about 1.9 times (docs/performance.md).
 TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow's own kernels.
 
 TensorFlow writes a few lines to standard error before its logging is set

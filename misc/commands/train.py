@@ -21,6 +21,7 @@ from misc.commands.common import (
     run_main,
     typed_names,
 )
+from misc.config import CheckpointError, load_config, stage_of
 
 
 def parse_args(argv=None, stage=None):
@@ -65,20 +66,19 @@ def evaluate(stage, gan, split, checkpoint_path, config):
 def main(argv=None, stage=None):
     """The command (``stage``: 1 or 2 for the stage's own script)."""
     args = parse_args(argv, stage)
+    number = stage or args.stage or stage_of(load_config(args.cfg_file))
+    config = load_run_config(args, stage=number)
     from misc.commands.startup import start_tensorflow
 
     start_tensorflow()
     import keras
 
-    from misc.commands.stages import STAGES, stage_of
-    from misc.config import CheckpointError, load_config
+    from misc.commands.stages import STAGES
     from misc.data.shapes import load_run_dataset
     from misc.training.acceleration import configure_threads
     from misc.training.devices import check_batch_size, make_strategy
     from misc.training.loop import caption_splits, iterations_per_epoch, train
 
-    number = stage or args.stage or stage_of(load_config(args.cfg_file))
-    config = load_run_config(args, stage=number)
     spec = STAGES[number]
     print_config(config)
     configure_threads(config)
@@ -109,7 +109,7 @@ def main(argv=None, stage=None):
         raise CheckpointError(f"{start.path}: a Stage-{'I' * start.stage} checkpoint; {spec.name} evaluation "
                               f"needs a {spec.name} checkpoint (evaluate it with {other}).")
     dataset = load_run_dataset(config, hr_lr_ratio=spec.hr_lr_ratio, splits=("test",),
-                           captions=spec.evaluation_captions)
+                               captions=spec.evaluation_captions)
     gan = spec.build_gan(config, dataset.embedding_shape[0], strategy, choices=choices)
     path = spec.restore(gan, start, config, dataset, "test")
     out_dir = evaluate(spec, gan, dataset.test, path, config)

@@ -272,8 +272,6 @@ def _hold(make):
 
 
 def _write_error(path, exc):
-    if isinstance(exc, WriteError):
-        return exc
     return WriteError(f"{path}: could not write it ({describe_os_error(exc)}); any previous version "
                       "is intact.")
 
@@ -310,10 +308,10 @@ def atomic_open(path, mode="wb", encoding=None):
         os.chmod(tmp, permissions)
         os.replace(tmp, target)
         tmp = None
-    except BaseException as exc:
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc) from (None if isinstance(exc, WriteError) else exc)
+    except WriteError:
         raise
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     finally:
         if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
@@ -353,10 +351,10 @@ def atomic_folder(path):
                                  "written.") from None
             raise
         tmp = None
-    except BaseException as exc:
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc) from (None if isinstance(exc, WriteError) else exc)
+    except WriteError:
         raise
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     finally:
         if tmp is not None and os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

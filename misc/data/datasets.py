@@ -11,7 +11,7 @@ A dataset lives in ``<DATA_DIR>/<DATASET_NAME>/`` (the reference's
         class_info.pickle                      N class ids
     text_c10/<filename>.txt                    the captions, one per line
 
-Pickles are read with a restricted unpickler (``misc.safe_pickle``).
+Pickles are read with a restricted unpickler (``misc.data.safe_pickle``).
 Sampling follows the reference loader: per epoch a new permutation and
 ``N // batch`` batches; per batch a random crop (76 -> 64, 304 -> 256) and a
 horizontal flip with p 0.5 for every image, "wrong" images drawn at random
@@ -272,8 +272,8 @@ class TextDataset:
         class_path = os.path.join(split_dir, "class_info.pickle")
         images = image_array(_load(
             image_path, "image pickle",
-            "Create it from the raw images with misc/preprocess_birds.py or "
-            "misc/preprocess_flowers.py (see README, 'Data')."), image_path, LOAD_SIZES[self.hr_lr_ratio])
+            "Create it from the raw images with python -m misc.commands.preprocess_birds or "
+            "preprocess_flowers (see README, 'Data')."), image_path, LOAD_SIZES[self.hr_lr_ratio])
         embeddings = embedding_array(_load(
             emb_path, "text-embedding pickle",
             "Download the preprocessed embeddings into this folder (see README, 'Data'), "
@@ -310,7 +310,7 @@ def image_array(images, path, size):
     """The N x size x size x 3 uint8 array of an image pickle (a list of
     images or one array); ``DatasetError`` naming the first bad image."""
     expected = f"uint8 images of {size} x {size} x 3 (N x {size} x {size} x 3)"
-    fix = "Re-run the preprocessing script (misc/preprocess_birds.py, misc/preprocess_flowers.py)."
+    fix = "Re-run the preprocessing (python -m misc.commands.preprocess_birds or preprocess_flowers)."
     if isinstance(images, (list, tuple)):
         for i, image in enumerate(images):
             shape = getattr(image, "shape", None)

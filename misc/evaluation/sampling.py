@@ -4,7 +4,7 @@ build the generators it needs, and generate images from text embeddings.
 A checkpoint is either
 
   * a native one (``tf.train.Checkpoint`` written by our trainers or by
-    ``misc/convert_checkpoint.py``: a ``model-<N>`` prefix or a directory of
+    ``misc/commands/convert_checkpoint.py``: a ``model-<N>`` prefix or a directory of
     them), or
   * a reference one written by the original TF 0.11/0.12 code (the published
     ``birds_model_164000.ckpt``, ``flowers_model_130000.ckpt``, Stage-I
@@ -22,7 +22,7 @@ Importing a reference checkpoint is a by-name copy (``plan_import``): every
 model variable must be in the checkpoint with the same shape; checkpoint
 variables nothing takes are reported, except optimizer slots, beta powers,
 ``global_step`` and TF 0.12's batch-norm zero-debias state, which are
-expected leftovers (``misc.tf1_checkpoint.leftover_kind``).
+expected leftovers (``misc.reference.tf1_checkpoint.leftover_kind``).
 
 Sampling runs the generators in inference mode (batch norm on the moving
 statistics), as the reference demo (``pt.Phase.test``): ``z ~ N(0, 1)``,
@@ -67,7 +67,7 @@ class StackGANGenerator(keras.Model):
     ``{"fake_images": (B, s, s, 3), "hr_fake_images": (B, 4s, 4s, 3)}``
     (the second only with ``hr_g_net``) in [-1, 1], batch norm in inference
     mode; noise left as None is drawn.  This is the model whose weights
-    ``misc/convert_checkpoint.py`` writes as ``generator.weights.h5``::
+    ``misc/commands/convert_checkpoint.py`` writes as ``generator.weights.h5``::
 
         model = StackGANGenerator.for_config(load_config(cfg), embedding_dim=1024, stage=2)
         model.load_weights("generator.weights.h5")

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from misc.config import OUTPUT_ROOT, CheckpointError, ConfigError, load_config, parse_gpu_ids
+from misc.config import OUTPUT_ROOT, CheckpointError, ConfigError, parse_gpu_ids
 from misc.data.atomic import check_not_input, check_writable, write_text
 from misc.data.datasets import dataset_dir
 from misc.data.formats import HR_LR_RATIO, LR_IMAGE_SIZE
@@ -197,13 +197,12 @@ def open_source(args, config, graph):
     return source, test if graph else None, real_size
 
 
-def evaluate(args):
+def evaluate(args, config):
     """The evaluation the command's options ``args`` ask for (checked by
-    ``misc.commands.evaluate.check_arguments``): every input is read and
-    checked before the work; returns the result (also printed and written
-    as JSON)."""
+    ``misc.commands.evaluate.check_arguments``; ``config``: --cfg's, or
+    None): every input is read and checked before the work; returns the
+    result (also printed and written as JSON)."""
     select_gpu(args.gpu)
-    config = load_config(args.cfg_file) if args.cfg_file else None
     inception = InceptionCheckpoint(args.inception)  # every input is checked before the work
     graph = FidGraph(args.fid_weights) if args.fid_weights else None
     source, test, real_size = open_source(args, config, graph)

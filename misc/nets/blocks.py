@@ -9,6 +9,7 @@ from misc.nets.layers import (
     Conv2D,
     Deconv2D,
     Dense,
+    ReferenceNetwork,
     leaky_relu,
     resize_nearest,
     tile_to_map,
@@ -17,7 +18,7 @@ from misc.nets.layers import (
 
 class LayerFactory:
     """Creates reference-named layers for one network scope (see
-    ``misc.layers.ReferenceNamer``): build a network in the reference's
+    ``misc.nets.layers.ReferenceNamer``): build a network in the reference's
     construction order and its variable names follow."""
 
     def __init__(self, names):
@@ -64,6 +65,16 @@ class ConditionalLogit(keras.layers.Layer):
         text_code = leaky_relu(self.context_fc(embeddings))
         joint = tf.concat([image_code, tile_to_map(text_code, self.s16)], axis=3)
         return self.head(joint, training=training)
+
+
+class ConditionedDiscriminator(ReferenceNetwork):
+    """Every reference discriminator: ``call(images, embeddings, training)``
+    -> logits (B, 1, 1, 1) from an image encoder and a ``ConditionalLogit``,
+    which subclasses create as ``self.encoder`` and ``self.logit``.  Like the
+    reference's, it always runs in training mode unless told otherwise."""
+
+    def call(self, images, embeddings, training=True):
+        return self.logit(self.encoder(images, training=training), embeddings, training=training)
 
 
 class ResidualBlock(keras.layers.Layer):

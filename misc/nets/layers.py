@@ -390,14 +390,20 @@ class Chain(keras.layers.Layer):
         return x
 
 
-def reference_variables(model, scope):
-    """All reference-named variables of ``model``: ``{scope/name: variable}``."""
-    found = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, ReferenceLayer):
-            for name, var in layer.reference_variables().items():
-                full = f"{scope}/{name}"
-                if full in found:
-                    raise ValueError(f"two layers of {scope} claim the variable name {full}")
-                found[full] = var
-    return found
+class ReferenceNetwork(keras.Model):
+    """A network of the reference graph; ``scope`` is its TF1 variable scope
+    (``g_net``, ``d_net``, ``hr_g_net``, ``hr_d_net``)."""
+
+    scope = None
+
+    def reference_variables(self):
+        """All reference-named variables: ``{scope/name: variable}``."""
+        found = {}
+        for layer in self._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, ReferenceLayer):
+                for name, var in layer.reference_variables().items():
+                    full = f"{self.scope}/{name}"
+                    if full in found:
+                        raise ValueError(f"two layers of {self.scope} claim the variable name {full}")
+                    found[full] = var
+        return found

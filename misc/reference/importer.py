@@ -2,7 +2,7 @@
 
 What the reference trainer saved -- network weights, batch-norm moving
 statistics, Adam slots and beta powers, ``global_step`` -- is restored by
-name after the whole mapping is checked (``misc.tf1_checkpoint``); the
+name after the whole mapping is checked (``misc.reference.tf1_checkpoint``); the
 iteration counter comes from the file name as in the reference
 (``model_82000.ckpt`` -> 82000).  The report lists every checkpoint model
 variable nothing took; optimizer slots, counters and TF 0.12's zero-debias

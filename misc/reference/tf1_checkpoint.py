@@ -5,7 +5,7 @@ single files (``model_82000.ckpt``, the published ``birds_model_164000.ckpt``)
 or V2 prefixes (``.index`` + ``.data-*``).  TensorFlow 2 reads both with
 ``tf.train.load_checkpoint``.  Variables are named by prettytensor's scheme
 (docs/reference_quirks.md#names); our layers carry those names
-(``misc.layers.ReferenceLayer``), so importing is a by-name copy with a shape
+(``misc.nets.layers.ReferenceLayer``), so importing is a by-name copy with a shape
 check for every variable.
 """
 

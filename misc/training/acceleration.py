@@ -6,7 +6,7 @@ devices the run trains on (and ``TRAIN.INTRA_OP_THREADS``, the threads of
 one CPU op, is set here):
 
 * ``TRAIN.XLA``: ``'auto'`` compiles the step with XLA where that was
-  measured faster (README, Performance): on CPUs whose TensorFlow kernels do
+  measured faster (docs/performance.md): on CPUs whose TensorFlow kernels do
   not go through oneDNN (TF_ENABLE_ONEDNN_OPTS=0; XLA is slower than
   oneDNN's kernels, TensorFlow's default on x86), not on GPUs, where it has
   not been measured, nor under op determinism (which Keras does not
@@ -69,7 +69,7 @@ class StepChoices:
     """How this run's training step runs: compiled with XLA or not, and the
     Keras dtype policy of the networks.  Decided once per run
     (``choose_step``); in a multi-worker run the chief's choices hold for
-    every worker (``misc.cluster.rendezvous``)."""
+    every worker (``misc.training.cluster.rendezvous``)."""
 
     xla: bool
     precision: str
@@ -103,7 +103,7 @@ def choose_step(config, multi_worker=False, names=None, log=print):
 
 def auto_xla(on_gpu, multi_worker):
     """TRAIN.XLA 'auto': compile the step with XLA where that was measured
-    faster (README, Performance): on CPUs whose TensorFlow kernels do not go
+    faster (docs/performance.md): on CPUs whose TensorFlow kernels do not go
     through oneDNN; never on GPUs (not measured), never for a step that
     all-reduces across worker processes on CPUs (no XLA collectives there),
     never under op determinism (which Keras does not compile)."""

@@ -378,7 +378,7 @@ class WorkerWatchdog(keras.callbacks.Callback):
     lives on (a hang: its heartbeats keep coming, so TensorFlow's health
     check sees nothing) must not keep the others waiting for ever.
 
-    Every worker publishes where it is (``misc.cluster.publish_progress``)
+    Every worker publishes where it is (``misc.training.cluster.publish_progress``)
     from a background thread; when no iteration has finished on this worker
     for ``timeout`` seconds (``first_timeout`` for the first, which traces
     and compiles the step), it names the workers behind the others

@@ -10,13 +10,13 @@ interrupted save never damages the previous snapshot.
 ``PRETRAINED_MODEL`` may name a native checkpoint prefix, a run directory
 (its newest snapshot), a log directory such as ``ckt_logs/shapes`` (the
 newest snapshot of its newest run), or a reference checkpoint (``*.ckpt``,
-see ``misc.tf1_checkpoint``).  Every tensor of a checkpoint is read (and so
+see ``misc.reference.tf1_checkpoint``).  Every tensor of a checkpoint is read (and so
 checksummed) before it is used, so a truncated, missing or corrupted data
 file is a one-line ``CheckpointError`` naming it.
 
 A process killed while saving leaves TensorFlow's temporaries behind
 (``model-<N>_temp/``, ``checkpoint.tmp<hex>``; ``.tmp-*`` files of
-``misc.atomic``); the next run that resumes from the folder removes them
+``misc.data.atomic``); the next run that resumes from the folder removes them
 (``remove_snapshot_leftovers``), unless another run holds the folder's lock
 (``RUN_LOCK``, held by a training run for its whole life), and a save that
 fails removes its own.
@@ -61,7 +61,7 @@ SNAPSHOT_FIX = "Use another snapshot (e.g. an earlier model-<N> of the same run)
 RUN_LOCK = ".lock"
 SNAPSHOT_NAME = "model"  # snapshots are <log dir>/model-<counter>
 # What an interrupted save leaves: TensorFlow's shard folder of a prefix, its
-# temporary 'checkpoint' state file, and misc.atomic's temporary files.
+# temporary 'checkpoint' state file, and misc.data.atomic's temporary files.
 _LEFTOVER_DIR = re.compile(rf"^{SNAPSHOT_NAME}-\d+_temp(_[0-9a-f]+)?$")
 _LEFTOVER_FILE = re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$|^" + re.escape(TEMP_PREFIX))
 
@@ -416,7 +416,7 @@ def verify_checkpoint_data(path, error=CheckpointError, fix=SNAPSHOT_FIX):
 
 
 def describe_checkpoint(path, option=PRETRAINED_OPTIONS):
-    """Open ``path`` (see ``misc.checkpoints.resolve``; ``option`` names
+    """Open ``path`` (see ``misc.training.checkpoints.resolve``; ``option`` names
     where it came from) and return its ``CheckpointInfo``; one-line
     ``CheckpointError`` for anything that is not a StackGAN checkpoint or
     whose data is damaged."""

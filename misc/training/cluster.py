@@ -3,7 +3,7 @@ worker may write.
 
 A run is multi-worker when TF_CONFIG describes a cluster (set by hand, or
 by a launcher) or when it runs as one task of a SLURM job step of several
-tasks (``srun``, see ``misc/slurm/train.sbatch``); it then trains under
+tasks (``srun``, see ``misc/commands/slurm/train.sbatch``); it then trains under
 ``tf.distribute.MultiWorkerMirroredStrategy``: every worker holds a copy of
 the model, builds its share of each global batch, and the gradients are
 all-reduced, so the workers compute what one process computes on the same

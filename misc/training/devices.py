@@ -22,9 +22,9 @@ def make_strategy(gpu=None, config=None, log=print, training=True, names=None):
     ``choose_step``).
 
     MultiWorkerMirroredStrategy when this process is a worker of a cluster
-    (TF_CONFIG, or a SLURM step of several tasks: ``misc.cluster``), each
+    (TF_CONFIG, or a SLURM step of several tasks: ``misc.training.cluster``), each
     worker using its chosen (default: all visible) GPUs or its CPU; the
-    workers first meet (``misc.cluster.rendezvous``: bounded by
+    workers first meet (``misc.training.cluster.rendezvous``: bounded by
     CLUSTER.STARTUP_TIMEOUT, interruptible, the same config everywhere) and
     take the chief's choices.  Otherwise MirroredStrategy over the chosen
     GPUs, else the default single-device strategy.  An id beyond the visible
@@ -70,7 +70,7 @@ MACHINE_KEYS = ("DATA_DIR", "GPU_ID", "TRAIN.PRETRAINED_MODEL", "TRAIN.INTRA_OP_
 
 
 def join_cluster(resolver, config, choices, log=print):
-    """Meet the other workers (``misc.cluster.rendezvous``) and return the
+    """Meet the other workers (``misc.training.cluster.rendezvous``) and return the
     chief's ``StepChoices``, which every worker then uses."""
     task = f"{resolver.task_type}:{resolver.task_id}"
     comparable = {key: value for key, value in config_leaves(config)

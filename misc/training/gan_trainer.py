@@ -2,7 +2,7 @@
 
 A trainer is a ``keras.Model`` whose ``train_step`` runs the reference's
 alternating updates on one batch.  Batches carry their own noise (see
-``misc.input_pipeline``), so a step is a deterministic function of the batch
+``misc.data.input_pipeline``), so a step is a deterministic function of the batch
 and the state: N replicas of a ``tf.distribute`` strategy compute what one device
 computes on the same global batch (losses are global-batch means,
 batch-norm statistics are synchronised, gradients are all-reduced by the

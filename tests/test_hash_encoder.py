@@ -1,4 +1,4 @@
-"""Tests for misc/text_encoder.py."""
+"""Tests for misc/data/hash_encoder.py."""
 
 import hashlib
 import os
