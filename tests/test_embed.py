@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from demo import demo as demo_script
-from demo import embed
 from golden_support import TEXT_DIM, unpack_checkpoint
 from lua_encoder_fixture import encoder_file, random_parameters, reference_embeddings
+from misc.commands import demo as demo_script
+from misc.commands import embed
 from misc.commands.common import run_main
 from misc.config import InputError
 from misc.data import safe_pickle

@@ -59,7 +59,7 @@ import re
 import numpy as np
 
 from misc.commands.common import ArgumentParser, check_range, run_main
-from misc.config import MAX_SEED, OUTPUT_ROOT, ConfigError, InputError, load_config
+from misc.config import MAX_SEED, OUTPUT_ROOT, CheckpointError, ConfigError, InputError, load_config
 from misc.data import safe_pickle
 from misc.data.atomic import atomic_open, check_folder_writable, check_not_input, check_writable
 from misc.data.formats import MAX_COPIES
@@ -349,7 +349,6 @@ def main(argv=None):
     from misc.commands.startup import start_tensorflow
 
     start_tensorflow()
-    from misc.config import CheckpointError
     from misc.evaluation.sampling import (
         Sampler,
         draw_noise,
