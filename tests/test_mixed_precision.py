@@ -9,6 +9,7 @@ the logits by 0.019 and 0.0018, the losses by 0.0026 and 0.0003; the
 tolerances below are about twice that.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,7 +18,7 @@ from golden_support import BUNDLED, tiny_config
 from misc.config import ConfigError
 from misc.data.input_pipeline import noise_for_step
 from misc.reference.importer import import_reference_checkpoint
-from misc.training.acceleration import dtype_policy, dtype_policy_name
+from misc.training.acceleration import LossScaleOptimizer, dtype_policy, dtype_policy_name
 from stageI.experiment import build_gan
 from stageI.model import build_stage_i
 from stageI.trainer import StageIGAN
@@ -80,7 +81,7 @@ def test_float16_loss_scaling_skips_non_finite_updates():
     scaler = gan._scalers[id(optimizer)]
     assert set(gan._scalers) == {id(o) for o in gan.optimizers().values()}
     scale = float(scaler.dynamic_scale.numpy())
-    assert float(gan.scale_loss(optimizer, tf.constant(2.0))) == 2.0 * scale
+    assert float(gan.loss_scale(optimizer)(tf.constant(2.0))) == 2.0 * scale
     before = [v.numpy().copy() for v in variables]
     gradients = [tf.fill(v.shape, np.inf) for v in variables]
     gan.apply_gradients(optimizer, gradients, variables)
@@ -90,6 +91,28 @@ def test_float16_loss_scaling_skips_non_finite_updates():
     assert int(optimizer.iterations.numpy()) == 1
     m, _ = optimizer.slots(variables[0])
     np.testing.assert_allclose(m.numpy(), 0.5)  # (1 - beta1) * the unscaled gradient 1
+
+
+def test_a_non_finite_gradient_on_one_replica_skips_the_step_on_all():
+    """Each replica checks its own gradients before they are all-reduced: the
+    verdict must be the same everywhere (two logical CPUs, one sees inf)."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        scaler = LossScaleOptimizer(keras.optimizers.SGD(1.0))
+
+    def verdict():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        gradient = tf.where(replica == 1, np.inf, 1.0)
+        return scaler.check_finite([tf.fill([3], gradient)])
+
+    verdicts = strategy.experimental_local_results(strategy.run(tf.function(verdict)))
+    assert [bool(v) for v in verdicts] == [False, False]
+
+    def all_finite():
+        return scaler.check_finite([tf.ones([3])])
+
+    assert [bool(v) for v in strategy.experimental_local_results(strategy.run(tf.function(all_finite)))] \
+        == [True, True]
 
 
 @pytest.fixture(scope="module")

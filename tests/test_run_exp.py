@@ -302,9 +302,9 @@ def test_stage_ii_starts_from_a_reference_stage_i_checkpoint(workdir, tmp_path):
     config = tiny_config()
     config.DATASET_NAME = "tiny32"
     gan = stage_ii.build_gan(config, 32, tf.distribute.get_strategy())
-    path, stage = stage_ii.restore(gan, describe_checkpoint(checkpoint), config,
-                                   load_dataset(config, 4, splits=("train",)))
-    assert stage == 1 and int(gan.counter.numpy()) == 100  # from model_100.ckpt
+    info = describe_checkpoint(checkpoint)
+    assert stage_ii.restore(gan, info, config, load_dataset(config, 4, splits=("train",))) == info.path
+    assert info.stage == 1 and int(gan.counter.numpy()) == 100  # from model_100.ckpt
     reader = tf.train.load_checkpoint(checkpoint)
     for net in (gan.generator, gan.discriminator):
         for name, var in net.reference_variables().items():

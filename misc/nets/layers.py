@@ -157,11 +157,11 @@ def replica_context():
     return None if ctx is None or ctx.num_replicas_in_sync == 1 else ctx
 
 
-def replica_sum(values, op=tf.distribute.ReduceOp.SUM):
-    """Tensors (a structure of them) reduced over the replicas of the
-    current step: summed (or ``op``); themselves on one replica."""
+def replica_sum(values):
+    """Tensors (a structure of them) summed over the replicas of the current
+    step; themselves on one replica."""
     ctx = replica_context()
-    return values if ctx is None else ctx.all_reduce(op, values)
+    return values if ctx is None else ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def channel_sums(x):

@@ -172,8 +172,10 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     replicas that disagreed would skip or apply the update differently."""
 
     def check_finite(self, grads):
-        finite = tf.cast(super().check_finite(grads), tf.float32)
-        return replica_sum(finite, tf.distribute.ReduceOp.MIN) > 0
+        # ReduceOp has only SUM and MEAN: count the replicas that saw a
+        # non-finite gradient
+        not_finite = 1.0 - tf.cast(super().check_finite(grads), tf.float32)
+        return replica_sum(not_finite) == 0
 
 
 def describe(config, jit, policy_name):
