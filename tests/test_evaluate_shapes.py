@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from misc.commands.evaluate_shapes import caption_attributes, consistency, evaluate, format_table, main
+from misc.commands.evaluate_shapes import consistency, evaluate, format_table, main
 from misc.commands.stages import build_stage_gan
 from misc.config import ConfigError, load_config
 from misc.data.datasets import load_dataset
 from misc.data.shapes import QUICK_START, RECIPES, generate
-from misc.evaluation.shapes_attributes import chance_levels, measure
+from misc.evaluation.shapes_attributes import caption_attributes, chance_levels, measure
 from misc.training.checkpoints import training_checkpoint
 
 RECIPE = RECIPES[QUICK_START]

@@ -24,7 +24,6 @@ pictures at both.
 """
 
 import json
-import re
 
 import numpy as np
 
@@ -33,27 +32,8 @@ from misc.config import MAX_SEED, ConfigError, load_config
 from misc.data.atomic import check_not_input, check_writable, write_text
 from misc.data.formats import HR_LR_RATIO, MAX_COPIES
 from misc.data.images import to_uint8
-from misc.data.shapes import BACKGROUNDS, COLORS, RECIPES, SHAPES, SIZE_WORDS, load_run_dataset
-from misc.evaluation.shapes_attributes import SCORED_ATTRIBUTES, chance_levels, measure
-
-_VOCABULARY = {
-    "shape": {w: w for w in SHAPES},
-    "color": {w: w for w in COLORS},
-    "background": {w: w for w in BACKGROUNDS},
-    "size": {word: size for size, words in SIZE_WORDS.items() for word in words},
-}
-_WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
-
-
-def caption_attributes(caption):
-    """{attribute: value} for the attributes ``caption`` names."""
-    words = _WORD.findall(caption.lower())
-    found = {}
-    for attribute, vocabulary in _VOCABULARY.items():
-        values = {vocabulary[w] for w in words if w in vocabulary}
-        if len(values) == 1:
-            found[attribute] = values.pop()
-    return found
+from misc.data.shapes import RECIPES, load_run_dataset
+from misc.evaluation.shapes_attributes import SCORED_ATTRIBUTES, caption_attributes, chance_levels, measure
 
 
 def consistency(measured, stated):

@@ -396,6 +396,12 @@ def generate(out_dir, num_train=None, num_test=None, seed=0, hr=True, log=print,
     return summary
 
 
+def read_attributes(dataset_dir, split):
+    """The attribute dicts of a split's pictures (``attributes.json``), in order."""
+    with open(os.path.join(dataset_dir, split, "attributes.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def required_files(dataset_dir, hr=True):
     """The files that make a complete dataset at ``dataset_dir``."""
     names = ["76images.pickle", "char-CNN-RNN-embeddings.pickle", "class_info.pickle",

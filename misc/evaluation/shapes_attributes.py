@@ -31,6 +31,7 @@ colours among the whole palettes.
 """
 
 import math
+import re
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -44,6 +45,7 @@ from misc.data.shapes import (
     QUICK_START,
     RECIPES,
     SHAPES,
+    SIZE_WORDS,
     draw_shape,
     outline_length,
 )
@@ -263,6 +265,27 @@ def measure(images, recipe=DEFAULT_RECIPE):
             raise ValueError(f"expected uint8 RGB pictures (H, W, 3), got {img.dtype} {img.shape}; "
                              "convert generator output with ((x + 1) * 127.5).round().clip(0, 255)")
     return [measure_one(img, recipe) for img in images]
+
+
+_VOCABULARY = {
+    "shape": {w: w for w in SHAPES},
+    "color": {w: w for w in COLORS},
+    "background": {w: w for w in BACKGROUNDS},
+    "size": {word: size for size, words in SIZE_WORDS.items() for word in words},
+}
+_WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
+
+
+def caption_attributes(caption):
+    """{attribute: value} for the attributes ``caption`` names (by the
+    words of the captions' templates)."""
+    words = _WORD.findall(caption.lower())
+    found = {}
+    for attribute, vocabulary in _VOCABULARY.items():
+        values = {vocabulary[w] for w in words if w in vocabulary}
+        if len(values) == 1:
+            found[attribute] = values.pop()
+    return found
 
 
 def score(pred, truth, attributes=SCORED_ATTRIBUTES):
