@@ -39,14 +39,15 @@ SCRIPTS = ["stageI/run_exp.py", "stageII/run_exp.py", "demo/demo.py", "demo/embe
            "data/generate_shapes.py"]
 MODULES = ["misc.commands." + name for name in (
     "train", "demo", "embed", "evaluate", "evaluate_shapes", "benchmark", "compare",
-    "convert_checkpoint", "generate_shapes", "preprocess_birds", "preprocess_flowers")]
+    "convert_checkpoint", "generate_shapes", "preprocess_birds", "preprocess_flowers", "shapes_diagnosis")]
 
 # Commands that read a config (--cfg), with the other arguments they require.
 WITH_CONFIG = {
     "stageI/run_exp.py": [], "stageII/run_exp.py": [], "demo/demo.py": [],
     "misc.commands.train": [], "misc.commands.evaluate": ["--inception", "missing.pb"],
     "misc.commands.evaluate_shapes": ["--checkpoint", "missing.ckpt"],
-    "misc.commands.benchmark": [], "misc.commands.compare": ["--side", "--xla off", "--side", "--xla on"],
+    "misc.commands.benchmark": [], "misc.commands.shapes_diagnosis": [],
+    "misc.commands.compare": ["--side", "--xla off", "--side", "--xla on"],
 }
 
 

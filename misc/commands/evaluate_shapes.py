@@ -12,40 +12,28 @@ caption says: object colour and shape (every caption names them),
 background colour and size (scored only for captions that name them).  The
 same measurement of the real test images (centre crops at the model's
 resolution) must be near 100%; uniform noise shows the measurement's own
-chance level.
+chance level; "chance" is uniform guessing among the values the dataset's
+recipe draws from (``misc.data.shapes.RECIPES``; DATASET_NAME names it).
+
+The last column is the mean edge width: the width of the 10-90% transition
+from background to object colour along the object's outline, in pixels of a
+256 px picture (``misc.evaluation.shapes_attributes.edge_width``): about 1
+for the real 256 px pictures, four times their 64 px crops' width for
+those.  A Stage-II model is measured at both resolutions, with the real
+pictures at both.
 """
 
 import json
-import re
 
 import numpy as np
 
 from misc.commands.common import ArgumentParser, check_range, run_main
-from misc.config import MAX_SEED, load_config
+from misc.config import MAX_SEED, ConfigError, load_config
 from misc.data.atomic import check_not_input, check_writable, write_text
-from misc.data.formats import MAX_COPIES
+from misc.data.formats import HR_LR_RATIO, MAX_COPIES
 from misc.data.images import to_uint8
-from misc.data.shapes import BACKGROUNDS, COLORS, SHAPES, SIZE_WORDS, load_run_dataset
-from misc.evaluation.shapes_attributes import SCORED_ATTRIBUTES, chance_levels, measure
-
-_VOCABULARY = {
-    "shape": {w: w for w in SHAPES},
-    "color": {w: w for w in COLORS},
-    "background": {w: w for w in BACKGROUNDS},
-    "size": {word: size for size, words in SIZE_WORDS.items() for word in words},
-}
-_WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
-
-
-def caption_attributes(caption):
-    """{attribute: value} for the attributes ``caption`` names."""
-    words = _WORD.findall(caption.lower())
-    found = {}
-    for attribute, vocabulary in _VOCABULARY.items():
-        values = {vocabulary[w] for w in words if w in vocabulary}
-        if len(values) == 1:
-            found[attribute] = values.pop()
-    return found
+from misc.data.shapes import RECIPES, load_run_dataset
+from misc.evaluation.shapes_attributes import SCORED_ATTRIBUTES, caption_attributes, chance_levels, measure
 
 
 def consistency(measured, stated):
@@ -74,40 +62,67 @@ def sample_images(model, embeddings, copies, seed, batch_size=64):
     return to_uint8(np.concatenate(lr_all)), (to_uint8(np.concatenate(hr_all)) if hr_all else None)
 
 
+def mean_edge_width(measured):
+    """Mean ``edge_width`` of the pictures in which an object was found (None if none)."""
+    widths = [m["edge_width"] for m in measured if m["edge_width"] is not None]
+    return float(np.mean(widths)) if widths else None
+
+
+def recipe_of_config(config):
+    """The recipe of the bundled dataset ``config`` names; one-line ConfigError for another."""
+    if config.DATASET_NAME not in RECIPES:
+        raise ConfigError(f"DATASET_NAME is '{config.DATASET_NAME}'; the shapes evaluator measures "
+                          f"the bundled datasets only ({', '.join(RECIPES)}): pass their config.")
+    return RECIPES[config.DATASET_NAME]
+
+
 def evaluate(config, checkpoint, num=200, copies=2, seed=0):
     from misc.evaluation.sampling import load_generator
 
+    recipe = recipe_of_config(config)
     model, report, info = load_generator(config, checkpoint)
-    ratio = 4 if info.stage == 2 else 1
-    test = load_run_dataset(config, hr_lr_ratio=ratio, splits=("test",)).test
+    test = load_run_dataset(config, hr_lr_ratio=1, splits=("test",)).test
     ids = np.arange(min(num, test.num_examples))
     captions = [test.captions(i)[0] for i in ids]
     stated = [caption_attributes(c) for c in captions]
     embeddings = test.embeddings[ids, 0] if test.embeddings.ndim == 3 else test.embeddings[ids]
     lr, hr = sample_images(model, embeddings.astype(np.float32), copies, seed)
     per_sample = [s for s in stated for _ in range(copies)]
-    rows = {"Stage-I samples": consistency(measure(lr), per_sample)}
-    if hr is not None:
-        rows["Stage-II samples"] = consistency(measure(hr), per_sample)
-    rows["real test images"] = consistency(measure(test.center_crops(ids)), stated)
     noise = np.random.default_rng(seed).integers(0, 256, lr.shape, dtype=np.uint8)
-    rows["uniform noise"] = consistency(measure(noise), per_sample)
+    pictures = {"Stage-I samples": (lr, per_sample)}
+    if hr is not None:
+        pictures["Stage-II samples"] = (hr, per_sample)
+    pictures["real test images"] = (test.center_crops(ids), stated)
+    if hr is not None:
+        hr_test = load_run_dataset(config, hr_lr_ratio=HR_LR_RATIO, splits=("test",)).test
+        pictures["real test images 256 px"] = (hr_test.center_crops(ids), stated)
+    pictures["uniform noise"] = (noise, per_sample)
+    rows, edges = {}, {}
+    for name, (images, truth) in pictures.items():
+        measured = measure(images, recipe)
+        rows[name] = consistency(measured, truth)
+        edges[name] = mean_edge_width(measured)
     return {"checkpoint": info.path, "stage": info.stage, "iteration": info.counter,
-            "captions": len(ids), "copies": copies, "scores": rows, "chance": chance_levels()}
+            "captions": len(ids), "copies": copies, "scores": rows, "edge_width": edges,
+            "chance": chance_levels(recipe=recipe)}
 
 
 def format_table(result):
     attributes = list(SCORED_ATTRIBUTES)
-    header = f"{'':18s}" + "".join(f"{a:>12s}" for a in attributes)
+    width = max(18, *(len(name) + 1 for name in result["scores"]))
+    header = f"{'':{width}s}" + "".join(f"{a:>12s}" for a in attributes) + f"{'edge width':>12s}"
     counts = next(iter(result["scores"].values()))
     lines = [f"Caption consistency of {result['checkpoint']} (iteration {result['iteration']}): "
-             f"first caption of {result['captions']} test images, {result['copies']} samples each",
+             f"first caption of {result['captions']} test images, {result['copies']} samples each; "
+             "edge width in pixels of a 256 px picture",
              header,
-             f"{'captions stating':18s}" + "".join(f"{counts[a][1]:>12d}" for a in attributes)]
+             f"{'captions stating':{width}s}" + "".join(f"{counts[a][1]:>12d}" for a in attributes)]
     for name, scores in result["scores"].items():
-        lines.append(f"{name:18s}" + "".join(
-            f"{'-' if scores[a][0] is None else f'{100 * scores[a][0]:.1f}%':>12s}" for a in attributes))
-    lines.append(f"{'chance':18s}" + "".join(f"{100 * result['chance'][a]:>11.1f}%" for a in attributes))
+        edge = result["edge_width"][name]
+        lines.append(f"{name:{width}s}" + "".join(
+            f"{'-' if scores[a][0] is None else f'{100 * scores[a][0]:.1f}%':>12s}" for a in attributes)
+            + f"{'-' if edge is None else f'{edge:.2f}':>12s}")
+    lines.append(f"{'chance':{width}s}" + "".join(f"{100 * result['chance'][a]:>11.1f}%" for a in attributes))
     return "\n".join(lines)
 
 
@@ -133,6 +148,7 @@ def main(argv=None):
     if args.json_out:
         check_writable(args.json_out, "--json")
     config = load_config(args.cfg_file)
+    recipe_of_config(config)
     from misc.commands.startup import start_tensorflow
 
     start_tensorflow()

@@ -2,9 +2,13 @@
 StackGAN format, generated on first use (``ensure_dataset``) or by
 ``python data/generate_shapes.py`` (misc/commands/generate_shapes.py).
 
-Each picture is one flat-coloured shape on a plain background.  Attributes:
-shape (5), object colour (6), background colour (4), size (3) and position
-(5).  The class id is ``shape_index * len(COLORS) + color_index``.  Pictures
+Each picture is one flat-coloured shape on a plain background.  A dataset's
+design is its ``Recipe``: the values each attribute takes and the picture
+counts.  ``RECIPES`` names the bundled ones (a config's DATASET_NAME): the
+quick start's ``shapes`` (shape (5), object colour (6), background colour
+(4), size (3) and position (5); class id ``shape_index * len(COLORS) +
+color_index``) and the rungs of the diagnosis ladder (``LADDER``,
+docs/shapes_diagnosis.md), which vary one attribute more per rung.  Pictures
 are drawn at 608 px with Pillow (drawing large and resizing down antialiases
 the edges) and then go through ``misc.data.preprocessing`` exactly like the
 photographs of the real datasets: ``prepare_image`` to 304 px, then a bicubic
@@ -12,8 +16,9 @@ resize to 76 px.  Every palette colour of the objects has a 0 and a 255
 channel, so each picture spans 0..255, the reference byte-scaling is the
 identity and the stored pixels are exactly the palette colours.
 
-Objects stay inside the central 64/76 of the picture, so the 64 px (and
-256 px) training crops always contain the whole object.  All shapes are
+Objects stay inside the central 64/76 of the picture (the 64 px and 256 px
+centre crops contain the whole object; a random training crop can cut the
+largest off-centre ones: docs/shapes_diagnosis.md).  All shapes are
 left-right symmetric, so the training flips keep them the same shape.
 
 Each picture gets ten captions (several templates, synonyms and word orders);
@@ -54,6 +59,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -91,8 +97,9 @@ BACKGROUNDS = {  # none is close to an object colour
     "gray": (128, 128, 128),
     "brown": (120, 72, 24),
 }
-# Object radius as a fraction of the picture width (the circumscribed circle).
-SIZES = {"small": 0.09, "medium": 0.15, "large": 0.23}
+# Object radius as a fraction of the picture width (the circumscribed circle):
+# the size classes, as (name, radius) pairs from small to large.
+SIZES = (("small", 0.09), ("medium", 0.15), ("large", 0.23))
 SIZE_JITTER = 0.03  # relative
 # Direction of the object's centre from the picture centre (x right, y down).
 POSITIONS = {"center": (0, 0), "left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
@@ -111,9 +118,72 @@ DIAMOND_HALF_WIDTH = 0.7
 STAR_INNER_RADIUS = 0.45
 
 
-def class_id(shape, color):
-    """Class of a picture: one per (shape, object colour) pair."""
-    return SHAPES.index(shape) * len(COLORS) + list(COLORS).index(color)
+@dataclass(frozen=True)
+class Recipe:
+    """The design of one bundled dataset: the values each attribute takes
+    (names from SHAPES, COLORS, BACKGROUNDS, POSITIONS), its size classes as
+    (name, radius as a fraction of the picture width) pairs, and its picture
+    counts.  ``class_attributes``: the attributes whose values make a
+    picture's class (the training sampler's "wrong" pictures are of another
+    class)."""
+
+    shapes: tuple
+    colors: tuple
+    backgrounds: tuple
+    sizes: tuple
+    positions: tuple
+    num_train: int = DEFAULT_NUM_TRAIN
+    num_test: int = DEFAULT_NUM_TEST
+    class_attributes: tuple = ("shape", "color")
+
+    @property
+    def radii(self):
+        """Size name -> radius (fraction of the picture width)."""
+        return dict(self.sizes)
+
+    def values(self, attribute):
+        """The values ``attribute`` takes in this dataset."""
+        return tuple(self.radii) if attribute == "size" else getattr(self, f"{attribute}s")
+
+    def class_id(self, attrs):
+        """Class of a picture: one per combination of its ``class_attributes``."""
+        index = 0
+        for attribute in self.class_attributes:
+            values = self.values(attribute)
+            index = index * len(values) + values.index(attrs[attribute])
+        return index
+
+    @property
+    def num_classes(self):
+        return math.prod(len(self.values(a)) for a in self.class_attributes)
+
+
+QUICK_START = "shapes"
+_LARGE = SIZES[-1:]
+_ALL_COLORS, _ALL_BACKGROUNDS = tuple(COLORS), tuple(BACKGROUNDS)
+# Every attribute varies: the quick start's dataset.
+_EVERYTHING = Recipe(SHAPES, _ALL_COLORS, _ALL_BACKGROUNDS, SIZES, tuple(POSITIONS))
+# The diagnosis ladder (docs/shapes_diagnosis.md): one attribute more per
+# rung, from a single large centred red square on black up to the quick
+# start's dataset (the last rung).
+LADDER = {
+    "shapes_l1_square": Recipe(("square",), ("red",), ("black",), _LARGE, ("center",)),
+    "shapes_l2_two": Recipe(("circle", "square"), ("red",), ("black",), _LARGE, ("center",)),
+    "shapes_l3_shape": Recipe(SHAPES, ("red",), ("black",), _LARGE, ("center",)),
+    "shapes_l4_colour": Recipe(SHAPES, _ALL_COLORS, ("black",), _LARGE, ("center",)),
+    "shapes_l5_background": Recipe(SHAPES, _ALL_COLORS, _ALL_BACKGROUNDS, _LARGE, ("center",)),
+    "shapes_l6_size": Recipe(SHAPES, _ALL_COLORS, _ALL_BACKGROUNDS, SIZES, ("center",)),
+    "shapes_l7_position": _EVERYTHING,
+}
+# The datasets this module generates on first use (DATASET_NAME -> design).
+RECIPES = {QUICK_START: _EVERYTHING, **LADDER}
+
+
+def recipe_of(name):
+    """The recipe of the bundled dataset ``name`` (a DATASET_NAME)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown bundled dataset {name!r}; expected one of {', '.join(RECIPES)}")
+    return RECIPES[name]
 
 
 def _regular_polygon(cx, cy, radii, start_angle=-90.0):
@@ -124,31 +194,50 @@ def _regular_polygon(cx, cy, radii, start_angle=-90.0):
             for i, r in enumerate(radii)]
 
 
+def shape_outline(shape, cx, cy, r):
+    """The corners of ``shape`` (radius ``r`` around (cx, cy)) in drawing
+    order; None for the circle."""
+    if shape == "circle":
+        return None
+    if shape == "square":
+        h = SQUARE_HALF_SIDE * r
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":  # equilateral, apex up; centroid at (cx, cy)
+        return _regular_polygon(cx, cy, [r] * 3)
+    if shape == "diamond":
+        w = DIAMOND_HALF_WIDTH * r
+        return [(cx, cy - r), (cx + w, cy), (cx, cy + r), (cx - w, cy)]
+    if shape == "star":  # five points, one straight up
+        return _regular_polygon(cx, cy, [r, STAR_INNER_RADIUS * r] * 5)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def outline_length(shape, r=1.0):
+    """Length of the outline of ``shape`` of radius ``r``."""
+    corners = shape_outline(shape, 0.0, 0.0, r)
+    if corners is None:
+        return 2 * math.pi * r
+    return sum(math.dist(a, b) for a, b in zip(corners, corners[1:] + corners[:1]))
+
+
 def draw_shape(draw, shape, cx, cy, r, fill):
     """Draw ``shape`` of radius ``r`` pixels centred on (cx, cy) with ``ImageDraw``."""
-    if shape == "circle":
+    corners = shape_outline(shape, cx, cy, r)
+    if corners is None:
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        h = SQUARE_HALF_SIDE * r
-        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
-    elif shape == "triangle":  # equilateral, apex up; centroid at (cx, cy)
-        draw.polygon(_regular_polygon(cx, cy, [r] * 3), fill=fill)
-    elif shape == "diamond":
-        w = DIAMOND_HALF_WIDTH * r
-        draw.polygon([(cx, cy - r), (cx + w, cy), (cx, cy + r), (cx - w, cy)], fill=fill)
-    elif shape == "star":  # five points, one straight up
-        draw.polygon(_regular_polygon(cx, cy, [r, STAR_INNER_RADIUS * r] * 5), fill=fill)
+    elif shape == "square":  # axis-aligned: Pillow's rectangle
+        draw.rectangle(corners[0] + corners[2], fill=fill)
     else:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+        draw.polygon(corners, fill=fill)
 
 
-def render(attrs, size_jitter=1.0, offset_jitter=(0.0, 0.0), canvas=DRAW_SIZE):
-    """Draw one picture (uint8, canvas x canvas x 3) from its attributes."""
+def render(attrs, recipe, size_jitter=1.0, offset_jitter=(0.0, 0.0), canvas=DRAW_SIZE):
+    """Draw one picture (uint8, canvas x canvas x 3) of ``recipe`` from its attributes."""
     image = Image.new("RGB", (canvas, canvas), BACKGROUNDS[attrs["background"]])
     dx, dy = POSITIONS[attrs["position"]]
     cx = canvas * (0.5 + dx * POSITION_OFFSET + offset_jitter[0])
     cy = canvas * (0.5 + dy * POSITION_OFFSET + offset_jitter[1])
-    radius = canvas * SIZES[attrs["size"]] * size_jitter
+    radius = canvas * recipe.radii[attrs["size"]] * size_jitter
     draw_shape(ImageDraw.Draw(image), attrs["shape"], cx, cy, radius, COLORS[attrs["color"]])
     return np.asarray(image)
 
@@ -200,9 +289,10 @@ def make_captions(attrs, rng, count=CAPTIONS_PER_IMAGE):
 
 # ------------------------------------------------------------------- dataset
 
-def sample_attributes(rng, count):
-    """``count`` attribute dicts: classes cycle evenly, the rest is uniform."""
-    classes = [(s, c) for s in SHAPES for c in COLORS]
+def sample_attributes(rng, count, recipe):
+    """``count`` attribute dicts of ``recipe``: (shape, colour) pairs cycle
+    evenly, the rest is uniform."""
+    classes = [(s, c) for s in recipe.shapes for c in recipe.colors]
     order = np.concatenate([rng.permutation(len(classes))
                             for _ in range(-(-count // len(classes)))])[:count]
     samples = []
@@ -211,9 +301,9 @@ def sample_attributes(rng, count):
         samples.append({
             "shape": shape,
             "color": color,
-            "background": str(rng.choice(list(BACKGROUNDS))),
-            "size": str(rng.choice(list(SIZES))),
-            "position": str(rng.choice(list(POSITIONS))),
+            "background": str(rng.choice(recipe.backgrounds)),
+            "size": str(rng.choice(recipe.values("size"))),
+            "position": str(rng.choice(recipe.positions)),
         })
     return samples
 
@@ -225,15 +315,15 @@ def sample_jitter(rng):
     return size_jitter, offset_jitter
 
 
-def make_images(attrs, size_jitter=1.0, offset_jitter=(0.0, 0.0)):
+def make_images(attrs, recipe, size_jitter=1.0, offset_jitter=(0.0, 0.0)):
     """The 304 px and 76 px pictures, through the real-dataset preprocessing."""
-    hr = prepare_image(render(attrs, size_jitter, offset_jitter), HR_LOAD_SIZE)
+    hr = prepare_image(render(attrs, recipe, size_jitter, offset_jitter), HR_LOAD_SIZE)
     return hr, make_low_resolution(hr, LR_LOAD_SIZE)
 
 
-def _write_split(out_dir, split, first_index, count, rng, hr):
+def _write_split(out_dir, split, first_index, count, rng, hr, recipe):
     split_dir = os.path.join(out_dir, split)
-    attributes = sample_attributes(rng, count)
+    attributes = sample_attributes(rng, count, recipe)
     jitters = [sample_jitter(rng) for _ in attributes]
     filenames, all_captions = [], []
     for offset, attrs in enumerate(attributes):
@@ -249,7 +339,7 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
     # the GIL while drawing and resizing) does not change the result.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         pairs = list(pool.map(lambda args: make_images(*args),
-                              [(a, sj, oj) for a, (sj, oj) in zip(attributes, jitters)]))
+                              [(a, recipe, sj, oj) for a, (sj, oj) in zip(attributes, jitters)]))
     hr_images = [hr for hr, _ in pairs]
     lr_images = [lr for _, lr in pairs]
 
@@ -259,7 +349,7 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
         safe_pickle.dump(hr_images, os.path.join(split_dir, f"{HR_LOAD_SIZE}images.pickle"))
     safe_pickle.dump(lr_images, os.path.join(split_dir, f"{LR_LOAD_SIZE}images.pickle"))
     safe_pickle.dump(embeddings, os.path.join(split_dir, "char-CNN-RNN-embeddings.pickle"))
-    safe_pickle.dump([class_id(a["shape"], a["color"]) for a in attributes],
+    safe_pickle.dump([recipe.class_id(a) for a in attributes],
                      os.path.join(split_dir, "class_info.pickle"))
     write_text("[\n" + ",\n".join(json.dumps(a) for a in attributes) + "\n]\n",
                os.path.join(split_dir, "attributes.json"))
@@ -267,15 +357,19 @@ def _write_split(out_dir, split, first_index, count, rng, hr):
     return {"count": count, "embeddings": embeddings.shape}
 
 
-def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, seed=0, hr=True,
-             log=print, force=False):
-    """Write the dataset to ``out_dir`` (e.g. ``data/shapes``); same seed, same files.
+def generate(out_dir, num_train=None, num_test=None, seed=0, hr=True, log=print, force=False,
+             recipe=RECIPES[QUICK_START]):
+    """Write a dataset of ``recipe`` (default: the quick start's) to
+    ``out_dir`` (e.g. ``data/shapes``); same seed, same files.
 
-    With ``hr=False`` the 304 px pickles are not written (stage I only).
+    The counts default to the recipe's.  With ``hr=False`` the 304 px
+    pickles are not written (stage I only).
     ``out_dir`` must be new, empty or a dataset of ours unless ``force``
     (``check_target``).  Returns a summary dict.
     """
     check_target(out_dir, force)
+    num_train = recipe.num_train if num_train is None else num_train
+    num_test = recipe.num_test if num_test is None else num_test
     start = time.perf_counter()
     write_text("written by data/generate_shapes.py\n", os.path.join(out_dir, MARKER))
     # filenames.pickle marks a finished split: drop old ones first so that an
@@ -289,17 +383,23 @@ def generate(out_dir, num_train=DEFAULT_NUM_TRAIN, num_test=DEFAULT_NUM_TEST, se
     summary = {"out_dir": out_dir, "seed": seed, "splits": {}}
     first_index = 0
     for split, count in (("train", num_train), ("test", num_test)):
-        summary["splits"][split] = _write_split(out_dir, split, first_index, count, rng, hr)
+        summary["splits"][split] = _write_split(out_dir, split, first_index, count, rng, hr, recipe)
         first_index += count
     summary["seconds"] = time.perf_counter() - start
     summary["megabytes"] = sum(os.path.getsize(os.path.join(out_dir, split, name))
                                for split in SPLITS for name in os.listdir(os.path.join(out_dir, split))) / 1e6
     sizes = ", ".join(f"{split} {info['count']}" for split, info in summary["splits"].items())
-    log(f"shapes dataset: {sizes} images ({len(SHAPES) * len(COLORS)} classes, "
+    log(f"shapes dataset: {sizes} images ({recipe.num_classes} classes, "
         f"{CAPTIONS_PER_IMAGE} captions each, embeddings dim {TEXT_EMBEDDING_DIM}"
         f"{', with 304 px' if hr else ', 76 px only'}) in {out_dir}: "
         f"{summary['megabytes']:.0f} MB of pickles in {summary['seconds']:.1f} s")
     return summary
+
+
+def read_attributes(dataset_dir, split):
+    """The attribute dicts of a split's pictures (``attributes.json``), in order."""
+    with open(os.path.join(dataset_dir, split, "attributes.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def required_files(dataset_dir, hr=True):
@@ -311,15 +411,16 @@ def required_files(dataset_dir, hr=True):
     return [os.path.join(dataset_dir, split, name) for split in SPLITS for name in names]
 
 
-def ensure_dataset(data_dir, name="shapes", hr=True, log=print, **generate_kwargs):
-    """Return ``<data_dir>/<name>``, generating the dataset there only if files
-    are missing (after removing what an interrupted generation left)."""
+def ensure_dataset(data_dir, name=QUICK_START, hr=True, log=print, **generate_kwargs):
+    """Return ``<data_dir>/<name>``, generating the bundled dataset ``name``
+    (its recipe: ``RECIPES``) there only if files are missing (after
+    removing what an interrupted generation left)."""
     dataset_dir = os.path.join(data_dir, name)
     if all(os.path.isfile(p) for p in required_files(dataset_dir, hr)) and \
             not _has_temporaries(dataset_dir):
         return dataset_dir
     _generate_locked(dataset_dir, lambda: all(os.path.isfile(p) for p in required_files(dataset_dir, hr)),
-                     log, hr=hr, **generate_kwargs)
+                     log, hr=hr, recipe=recipe_of(name), **generate_kwargs)
     return dataset_dir
 
 
@@ -389,8 +490,6 @@ def _has_temporaries(dataset_dir):
     return any(name.startswith(TEMP_PREFIX) for _, _, names in os.walk(dataset_dir) for name in names)
 
 
-# The datasets this module generates on first use (DATASET_NAME).
-BUNDLED = ("shapes",)
 # Counts per split at most: a split's 304 px pictures, 0.28 MB each, are held in memory.
 MAX_IMAGES = 20_000
 
@@ -406,6 +505,6 @@ def load_run_dataset(config, hr_lr_ratio, splits=("train", "test"), captions=())
     """The dataset a run reads (``misc.data.datasets.load_dataset``), the
     bundled dataset generated first where the config names it and it is
     missing (``ensure_dataset``)."""
-    if config.DATASET_NAME in BUNDLED:
+    if config.DATASET_NAME in RECIPES:
         ensure_dataset(config.DATA_DIR, config.DATASET_NAME, hr=hr_lr_ratio > 1)
     return load_dataset(config, hr_lr_ratio, splits=splits, captions=captions)

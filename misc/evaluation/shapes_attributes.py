@@ -13,33 +13,51 @@ For each RGB picture (real or generated, any size):
   ``draw_shape``, at the object's centroid and with the object's area; the
   redrawing closest to the picture names the shape;
 * size: the object radius implied by the mask's extent (given the shape),
-  named by thresholds between the generator's radii;
+  named by thresholds between the dataset recipe's radii;
 * position: the direction of the object's centroid from the picture centre
-  (measured, but not scored by default: see ``SCORED_ATTRIBUTES``).
+  (measured, but not scored by default: see ``SCORED_ATTRIBUTES``);
+* edge width: how wide the object's edge is, the width of its 10-90%
+  transition (from background to object colour), in pixels of a 256 px
+  picture (``edge_width``).
 
 Real pictures are 76 or 304 px wide, generated ones are 64 or 256 px crops
 of the same scenes, so objects look up to 76/64 times larger in the latter;
 the size and position thresholds sit between the classes at both scales.
 
-All palettes, shapes and sizes come from ``data/generate_shapes.py``.
+All palettes and shapes come from ``misc/data/shapes.py``, the size classes
+from the dataset's recipe (``RECIPES``).  Shapes are always named among all
+of ``SHAPES`` (a blob drawn for a one-shape dataset is not a square),
+colours among the whole palettes.
 """
 
 import math
+import re
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from misc.data.formats import LR_IMAGE_SIZE, LR_LOAD_SIZE
-from misc.data.shapes import BACKGROUNDS, COLORS, POSITION_OFFSET, POSITIONS, SHAPES, SIZES, draw_shape
+from misc.data.formats import HR_LR_RATIO, LR_IMAGE_SIZE, LR_LOAD_SIZE
+from misc.data.shapes import (
+    BACKGROUNDS,
+    COLORS,
+    POSITION_OFFSET,
+    QUICK_START,
+    RECIPES,
+    SHAPES,
+    SIZE_WORDS,
+    draw_shape,
+    outline_length,
+)
 
 # Position is measured too but not scored by default: training flips images
 # left-right, so "left" and "right" are not something a model can learn.
 SCORED_ATTRIBUTES = ("shape", "color", "background", "size")
 ALL_ATTRIBUTES = SCORED_ATTRIBUTES + ("position",)
-ATTRIBUTE_VALUES = {"shape": tuple(SHAPES), "color": tuple(COLORS),
-                    "background": tuple(BACKGROUNDS), "size": tuple(SIZES),
-                    "position": tuple(POSITIONS)}
+DEFAULT_RECIPE = RECIPES[QUICK_START]
+# Edge widths are stated in pixels of a picture this wide (Stage-II's size).
+EDGE_UNIT_WIDTH = HR_LR_RATIO * LR_IMAGE_SIZE
+EDGE_LOW, EDGE_HIGH = 0.1, 0.9  # the transition band of an edge
 
 CROP_SCALE = LR_LOAD_SIZE / LR_IMAGE_SIZE  # how much larger objects look in a training crop
 MIN_OBJECT_PIXELS = 4
@@ -53,14 +71,13 @@ _COLOR_RGB = np.array([COLORS[n] for n in _COLOR_NAMES], dtype=np.float32)
 _FAR_DISTANCE = 0.5 * float(np.min(np.linalg.norm(_BG_RGB[:, None] - _COLOR_RGB[None], axis=2)))
 
 
-def _size_thresholds():
-    """Radius limits between consecutive size classes, valid at both scales."""
-    radii = sorted(SIZES.values())
-    return [math.sqrt(a * b * CROP_SCALE) for a, b in zip(radii, radii[1:])]
+def _size_classes(recipe):
+    """The recipe's size names from small to large and the radius limits
+    between consecutive ones, valid at both scales."""
+    radii = recipe.radii
+    order = sorted(radii, key=radii.get)
+    return order, [math.sqrt(radii[a] * radii[b] * CROP_SCALE) for a, b in zip(order, order[1:])]
 
-
-_SIZE_ORDER = sorted(SIZES, key=SIZES.get)
-_SIZE_THRESHOLDS = _size_thresholds()
 _CENTRE_LIMIT = POSITION_OFFSET / 2
 
 
@@ -77,6 +94,11 @@ def _shape_geometry(radius=200):
 
 
 _UNIT_AREAS, _UNIT_EXTENTS = _shape_geometry()
+
+
+def radius_for_area(shape, area):
+    """The radius at which ``shape`` covers ``area`` pixels."""
+    return math.sqrt(area / _UNIT_AREAS[shape])
 
 
 def render_coverage(shape, cx, cy, radius, height, width):
@@ -121,7 +143,8 @@ def _object_window(mask, height, width):
 
 
 def _shape_and_centre(mask, t):
-    """Name the shape by redrawing each candidate over the object; also return its centroid.
+    """Name the shape by redrawing each candidate over the object; also
+    return its centroid and its (soft) area.
 
     ``t`` is the soft coverage (0 at the background colour, 1 at the object
     colour).  Every shape is drawn centred on its centroid, so each candidate
@@ -137,19 +160,33 @@ def _shape_and_centre(mask, t):
     cy = float((coverage * grid_y).sum()) / area
 
     def mismatch(shape):
-        radius = math.sqrt(area / _UNIT_AREAS[shape])
-        drawn = render_coverage(shape, cx - left, cy - top, radius, bottom - top, right - left)
+        drawn = render_coverage(shape, cx - left, cy - top, radius_for_area(shape, area), bottom - top,
+                                right - left)
         return float(np.abs(drawn - coverage).sum())
 
-    return min(SHAPES, key=mismatch), (cx, cy)
+    return min(SHAPES, key=mismatch), (cx, cy), area
 
 
-def _size(mask, shape, width):
+def _size(mask, shape, width, recipe):
     """Size class from the mask's extent (less sensitive to noise than its soft area)."""
     ys, xs = np.nonzero(mask)
     extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
     radius = extent / _UNIT_EXTENTS[shape] / width
-    return _SIZE_ORDER[int(np.searchsorted(_SIZE_THRESHOLDS, radius))]
+    order, thresholds = _size_classes(recipe)
+    return order[int(np.searchsorted(thresholds, radius))]
+
+
+def edge_width(mask, t, shape, area):
+    """Width of the object's edge: the pixels near its outline whose soft
+    coverage ``t`` lies inside the 10-90% transition, over the length of the
+    outline (that of ``shape`` with the object's ``area``), in pixels of an
+    ``EDGE_UNIT_WIDTH`` picture.  A sharp, antialiased edge is about one
+    pixel wide; blur and noise along the outline widen it."""
+    width = mask.shape[1]
+    reach = max(2, width // 16)
+    near = ndimage.binary_dilation(mask, iterations=reach) & ~ndimage.binary_erosion(mask, iterations=reach)
+    band = near & (t > EDGE_LOW) & (t < EDGE_HIGH)
+    return float(band.sum()) / outline_length(shape, radius_for_area(shape, area)) * EDGE_UNIT_WIDTH / width
 
 
 def _position(cx, cy, height, width):
@@ -161,51 +198,94 @@ def _position(cx, cy, height, width):
     return "bottom" if dy > 0 else "top"
 
 
-def measure_one(img):
-    """The attributes of one uint8 RGB picture as a dict (None where no object is found)."""
-    pixels = np.asarray(img, dtype=np.float32)
-    height, width = pixels.shape[:2]
-    bg_rgb = np.median(_border_pixels(pixels), axis=0)
-    result = {"background": _nearest(bg_rgb, _BG_RGB, _BG_NAMES),
-              "color": None, "shape": None, "size": None, "position": None}
+def _find_object(pixels):
+    """(background colour, object colour, soft coverage, object mask) of a
+    float RGB picture; the last ones None where no object is found.
 
+    The background is the median border colour, the object colour the
+    median of the pixels far from it (then of the object's interior, which
+    noise around a generated object cannot reach).  The soft coverage says
+    where each pixel lies from the background colour (0) to the object
+    colour (1); the object is its largest region past half-way."""
+    bg_rgb = np.median(_border_pixels(pixels), axis=0)
     offset = pixels - bg_rgb
     far = np.linalg.norm(offset, axis=2) > _FAR_DISTANCE
     if far.sum() < MIN_OBJECT_PIXELS:
-        return result
+        return bg_rgb, None, None, None
     obj_rgb = np.median(pixels[far], axis=0)
-    result["color"] = _nearest(obj_rgb, _COLOR_RGB, _COLOR_NAMES)  # refined below
-
-    # Soft coverage: where each pixel lies from the background colour (0) to
-    # the object colour (1); the object is the largest region past half-way.
     direction = obj_rgb - bg_rgb
     span = float(direction @ direction)
     t = (offset @ direction) / span if span > 1.0 else far.astype(np.float32)
     mask = _largest_region(t > 0.5)
     if mask.sum() < MIN_OBJECT_PIXELS:
-        return result
-
-    # Name the colour from the object's own interior, which noise around a
-    # generated object cannot reach.
+        return bg_rgb, obj_rgb, None, None
     interior = ndimage.binary_erosion(mask)
     core = interior if interior.sum() >= MIN_OBJECT_PIXELS else mask
-    result["color"] = _nearest(np.median(pixels[core], axis=0), _COLOR_RGB, _COLOR_NAMES)
+    return bg_rgb, np.median(pixels[core], axis=0), t, mask
 
-    shape, (cx, cy) = _shape_and_centre(mask, t)
+
+def measure_one(img, recipe=DEFAULT_RECIPE):
+    """The attributes of one uint8 RGB picture of a ``recipe`` dataset, and
+    its ``edge_width``, as a dict (None where no object is found)."""
+    pixels = np.asarray(img, dtype=np.float32)
+    height, width = pixels.shape[:2]
+    bg_rgb, obj_rgb, t, mask = _find_object(pixels)
+    result = {"background": _nearest(bg_rgb, _BG_RGB, _BG_NAMES),
+              "color": None if obj_rgb is None else _nearest(obj_rgb, _COLOR_RGB, _COLOR_NAMES),
+              "shape": None, "size": None, "position": None, "edge_width": None}
+    if mask is None:
+        return result
+    shape, (cx, cy), area = _shape_and_centre(mask, t)
     result["shape"] = shape
-    result["size"] = _size(mask, shape, width)
+    result["size"] = _size(mask, shape, width, recipe)
     result["position"] = _position(cx, cy, height, width)
+    result["edge_width"] = edge_width(mask, t, shape, area)
     return result
 
 
-def measure(images):
-    """Measure a batch of uint8 RGB pictures (N, H, W, 3): one attribute dict each."""
+def redraw(img, shape):
+    """``img`` (uint8 RGB) with its object replaced by a sharp ``shape`` at
+    the object's centroid, with its area and its colours (float32 RGB in
+    0..255); None where no object is found."""
+    pixels = np.asarray(img, dtype=np.float32)
+    bg_rgb, obj_rgb, t, mask = _find_object(pixels)
+    if mask is None:
+        return None
+    _, (cx, cy), area = _shape_and_centre(mask, t)
+    coverage = render_coverage(shape, cx, cy, radius_for_area(shape, area), *mask.shape)
+    return bg_rgb + coverage[..., None] * (obj_rgb - bg_rgb)
+
+
+def measure(images, recipe=DEFAULT_RECIPE):
+    """Measure a batch of uint8 RGB pictures (N, H, W, 3) of a ``recipe``
+    dataset: one attribute dict each."""
     images = [np.asarray(img) for img in images]
     for img in images:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"expected uint8 RGB pictures (H, W, 3), got {img.dtype} {img.shape}; "
                              "convert generator output with ((x + 1) * 127.5).round().clip(0, 255)")
-    return [measure_one(img) for img in images]
+    return [measure_one(img, recipe) for img in images]
+
+
+_VOCABULARY = {
+    "shape": {w: w for w in SHAPES},
+    "color": {w: w for w in COLORS},
+    "background": {w: w for w in BACKGROUNDS},
+    "size": {word: size for size, words in SIZE_WORDS.items() for word in words},
+}
+_WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
+
+
+def caption_attributes(caption):
+    """{attribute: value} for the attributes ``caption`` names (by the
+    words of the captions' templates)."""
+    words = _WORD.findall(caption.lower())
+    found = {}
+    for attribute, vocabulary in _VOCABULARY.items():
+        values = {vocabulary[w] for w in words if w in vocabulary}
+        if len(values) == 1:
+            found[attribute] = values.pop()
+    return found
 
 
 def score(pred, truth, attributes=SCORED_ATTRIBUTES):
@@ -217,6 +297,6 @@ def score(pred, truth, attributes=SCORED_ATTRIBUTES):
     return {a: sum(p.get(a) == t[a] for p, t in zip(pred, truth)) / len(truth) for a in attributes}
 
 
-def chance_levels(attributes=SCORED_ATTRIBUTES):
-    """Accuracy of uniform guessing for each attribute."""
-    return {a: 1.0 / len(ATTRIBUTE_VALUES[a]) for a in attributes}
+def chance_levels(attributes=SCORED_ATTRIBUTES, recipe=DEFAULT_RECIPE):
+    """Accuracy of uniform guessing among a ``recipe`` dataset's values, per attribute."""
+    return {a: 1.0 / len(recipe.values(a)) for a in attributes}
