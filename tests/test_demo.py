@@ -18,11 +18,12 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
-from demo import demo as demo_script
 from fault_points import one_line_error
 from golden_support import TEXT_DIM, assert_close, load_arrays, tiny_config, unpack_checkpoint
+from misc.commands import demo as demo_script
 from misc.data import safe_pickle
 from misc.data.hash_encoder import encode_captions
+from misc.evaluation import sampling
 from misc.evaluation.sampling import draw_noise
 from misc.training.checkpoints import training_checkpoint
 from stageI.model import build_stage_i
@@ -290,7 +291,7 @@ def test_hostile_inputs_and_outputs_are_refused_before_the_model_is_loaded(tmp_p
     def no_sampling(*_args, **_kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(demo_script, "load_generator", no_sampling)
+    monkeypatch.setattr(sampling, "load_generator", no_sampling)  # demo.py imports it when it runs
     np.savez_compressed(tmp_path / "bomb.npz", z=np.zeros((20000, 10000), np.float32))  # 800 MB inflated
     np.save(tmp_path / "claims.npy", np.zeros((2, TEXT_DIM), np.float32))
     data = (tmp_path / "claims.npy").read_bytes()

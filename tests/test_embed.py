@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from demo import demo as demo_script
-from demo import embed
 from golden_support import TEXT_DIM, unpack_checkpoint
 from lua_encoder_fixture import encoder_file, random_parameters, reference_embeddings
+from misc.commands import demo as demo_script
+from misc.commands import embed
 from misc.commands.common import run_main
 from misc.config import InputError
 from misc.data import safe_pickle
@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, birds, capsys):
     ]
     encoders = [
         (str(tmp_path / "missing.t7"), ["missing.t7", "text encoder not found"]),
-        (good, ["good.txt", "not a .t7 file"]),
+        (good, ["good.txt", "neither a .t7 nor a .keras file"]),
         (embeddings, ["embeddings.t7", "found a table (fea_txt, raw_txt), expected an nn.gModule"]),
         (linear, ["linear.t7", "found nn.Linear, expected an nn.gModule"]),
         (no_encoder, ["no_enc_doc.t7", "a checkpoint without protos.enc_doc"]),

@@ -20,6 +20,9 @@ LOAD_SIZES = {1: LR_LOAD_SIZE, HR_LR_RATIO: HR_LOAD_SIZE}  # stored image size p
 # this size.
 CAPTIONS_PER_IMAGE = 10
 TEXT_EMBEDDING_DIM = 1024
+# The char-CNN-RNN encoders read a caption's first 201 bytes
+# (get_embedding.lua's doc_length); the dataset builder refuses longer ones.
+SEQUENCE_LENGTH = 201
 # The reference demo and evaluation sheets show at most this many samples
 # per caption.
 MAX_COPIES = 16
