@@ -36,7 +36,7 @@ sys.exit(code)
 """
 
 SCRIPTS = ["stageI/run_exp.py", "stageII/run_exp.py", "demo/demo.py", "demo/embed.py",
-           "data/generate_shapes.py", "data/build_dataset.py", "data/export_folder.py"]
+           "data/generate_shapes.py", "data/build_dataset.py"]
 MODULES = ["misc.commands." + name for name in (
     "train", "demo", "embed", "evaluate", "evaluate_shapes", "benchmark", "compare",
     "convert_checkpoint", "generate_shapes", "preprocess_birds", "preprocess_flowers",

@@ -37,7 +37,6 @@ SCRIPTS = {
     "demo/embed.py": ("misc.commands.embed", None),
     "data/generate_shapes.py": ("misc.commands.generate_shapes", None),
     "data/build_dataset.py": ("misc.commands.build_dataset", None),
-    "data/export_folder.py": ("misc.commands.export_folder", None),
 }
 COMMANDS_PACKAGE = "misc.commands."
 # `python -m` modules README runs that are tools, not commands of this project.
@@ -47,7 +46,7 @@ COMMAND_LINE = re.compile(r"^\s*(?:[A-Za-z_]\w*=\S*\s+)*python3?\s")
 # Backticked words that name files of the repository (others name outputs,
 # downloads or placeholders).
 REPOSITORY_PATH = re.compile(r"^(?:stageI|stageII|misc|docs|demo|tests)/"
-                             r"|^data/(?:generate_shapes|build_dataset|export_folder)\.py$")
+                             r"|^data/(?:generate_shapes|build_dataset)\.py$")
 FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.M | re.S)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 

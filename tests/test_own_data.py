@@ -71,8 +71,10 @@ def test_the_readme_commands_from_a_folder_to_samples(tmp_path, monkeypatch, cap
     # 4 classes of 2 pictures: 3 classes to train on (one batch of 6 pictures), 1 to test
     write_captioned_folder("my_pictures", classes=("red", "green", "blue", "yellow"), per_class=2, size=40,
                            captions=3)
-    (build, train_encoder, embed_dataset, *train_gan), (draw,) = readme_blocks("Your own data")
+    (block,) = readme_blocks("Your own data")
+    build, train_encoder, embed_dataset, *train_gan, draw = block[:6]  # then export and separation
     assert train_gan[0].startswith("python stageI/") and train_gan[1].startswith("python stageII/")
+    assert draw.startswith("python demo/demo.py")
     run(build)
     for name, overrides in TINY.items():
         shrink(os.path.join("data", "mydata", name), overrides)

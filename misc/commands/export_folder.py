@@ -2,7 +2,7 @@
 data/build_dataset.py reads (e.g. to rebuild the bundled shapes with whole
 classes held out, for the zero-shot figures of docs/own_data.md).
 
-    python data/export_folder.py --dataset data/shapes --out shapes_pictures
+    python -m misc.commands.export_folder --dataset data/shapes --out shapes_pictures
 
 misc.data.dataset_builder.export_folder says what is written.  Exit codes:
 0 written, 2 a one-line error.

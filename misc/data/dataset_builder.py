@@ -1,5 +1,5 @@
 """A StackGAN dataset from a folder of captioned pictures (``data/build_dataset.py``),
-and back (``export_folder``, ``data/export_folder.py``).
+and back (``export_folder``, ``python -m misc.commands.export_folder``).
 
 Input: a folder of pictures (``PICTURE_SUFFIXES``, at any depth; hidden files
 and folders are skipped), each with a caption file of the same name ending in
