@@ -57,13 +57,12 @@ from misc.config import ConfigError, DatasetError, read_yaml, text_encoder_confi
 from misc.data import safe_pickle
 from misc.data.atomic import exclusive_lock, write_text
 from misc.data.datasets import Split, file_names, path_problem
-from misc.data.formats import HR_LOAD_SIZE, HR_LR_RATIO, LR_LOAD_SIZE, SEQUENCE_LENGTH, image_filename
+from misc.data.formats import HR_LOAD_SIZE, HR_LR_RATIO, LR_LOAD_SIZE, SEQUENCE_LENGTH, SPLITS, image_filename
 from misc.data.images import save_image
 from misc.data.preprocessing import load_rgb, make_low_resolution, prepare_image
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CAPTION_SUFFIX = ".txt"
-SPLITS = ("train", "test")
 SPLIT_MODES = ("classes", "images")
 DEFAULT_TEST_FRACTION = 0.2
 GAN_BATCH_SIZE = 64  # the reference configs'

@@ -3,6 +3,8 @@ shares: the file names of a dataset split, the image sizes the networks see
 and the datasets store, the captions and text embeddings per image, and how
 many samples a sheet shows.  Nothing here imports anything."""
 
+# A dataset's splits, each a folder of the files below.
+SPLITS = ("train", "test")
 # A split's text-embedding file per EMBEDDING_TYPE.
 EMBEDDING_FILES = {
     "cnn-rnn": "char-CNN-RNN-embeddings.pickle",

@@ -28,10 +28,9 @@ from misc.config import DatasetError
 from misc.data import safe_pickle
 from misc.data.atomic import check_writable
 from misc.data.datasets import file_names
-from misc.data.formats import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.data.formats import HR_LOAD_SIZE, LR_LOAD_SIZE, SPLITS
 from misc.data.pictures import decoded_picture, open_picture
 
-SPLITS = ("train", "test")
 PROGRESS_EVERY = 100
 
 

@@ -27,7 +27,7 @@ from misc.config import ConfigError, DatasetError
 from misc.data import safe_pickle
 from misc.data.atomic import atomic_open
 from misc.data.datasets import caption_file, class_id_array, file_names
-from misc.data.formats import EMBEDDING_FILES, TEXT_EMBEDDING_DIM
+from misc.data.formats import EMBEDDING_FILES, SPLITS, TEXT_EMBEDDING_DIM
 from misc.data.hash_encoder import HASH_ENCODER, encode_captions
 from misc.nets.char_cnn_rnn import (
     DEFAULT_BATCH_SIZE,
@@ -42,7 +42,6 @@ from misc.reference import torch7
 from misc.reference.torch7_encoder import load_torch7_encoder
 
 OUTPUT_SUFFIXES = (".t7", ".npy")
-DATASET_SPLITS = ("train", "test")
 EMBEDDING_FILE = EMBEDDING_FILES["cnn-rnn"]
 
 
@@ -129,9 +128,9 @@ def embed_dataset(encode, dataset_dir, force=False, log=print):
     Every split is checked before the first caption is embedded."""
     if not os.path.isdir(dataset_dir):
         raise DatasetError(f"{dataset_dir}: dataset folder not found (--dataset).")
-    plans = [split_captions(dataset_dir, split, force) for split in DATASET_SPLITS]
+    plans = [split_captions(dataset_dir, split, force) for split in SPLITS]
     total = 0
-    for (captions, output), split in zip(plans, DATASET_SPLITS):
+    for (captions, output), split in zip(plans, SPLITS):
         flat = [caption for image in captions for caption in image]
         log(f"{split}: {len(captions)} images x {len(captions[0])} captions")
         embeddings = np.asarray(encode(flat), np.float32)
