@@ -337,3 +337,107 @@ def stage_of(config):
     """The stage a config trains: 2 when its CONFIG_NAME starts with
     'stageII' (the reference's Stage-II configs), else 1."""
     return 2 if str(config.CONFIG_NAME).startswith("stageII") else 1
+
+
+# -- the text encoder's config (DS-SJE training, misc/training/sje_trainer.py) ------
+
+TEXT_ENCODER_ARCHITECTURES = ("birds", "flowers")
+# The image side of DS-SJE (misc/nets/image_encoders.py): IMAGE.NETWORK
+# SCRATCH is a small network trained with the text encoder; views of an
+# image: the centre and the four corners, each also mirrored.
+SCRATCH = "scratch"
+NUM_VIEWS = 10
+
+
+def text_encoder_config():
+    """The text encoder's settings and their defaults: train_sje_hybrid.lua's,
+    as the scripts that trained the published encoders set them (learning
+    rate 0.0007, 200 epochs, symmetric), and the published birds encoder's
+    architecture."""
+    c = edict()
+    c.CONFIG_NAME = "text_encoder"
+    c.DATASET_NAME = ""
+    c.DATA_DIR = "data"
+    c.SEED = 123  # -seed
+    c.ENCODER = edict()
+    c.ENCODER.ARCHITECTURE = "birds"  # HybridCNNLong + FixedGRU; 'flowers': HybridCNN + FixedRNN
+    c.ENCODER.CONV_CHANNELS = []  # three output channels; []: the architecture's
+    c.ENCODER.AVERAGE = True  # -avg 1 ("a1" in the birds encoder's name): the mean of the states
+    c.ENCODER.DROPOUT = 0.0  # -dropout
+    c.ENCODER.EMBEDDING_DIM = 1024  # with IMAGE.NETWORK 'scratch'; else the features' size
+    c.IMAGE = edict()
+    c.IMAGE.NETWORK = SCRATCH  # or a keras.applications model, e.g. 'InceptionV3'
+    c.IMAGE.WEIGHTS = ""  # its weights file (required for a named network)
+    c.IMAGE.SIZE = 224  # the named network's input size
+    c.IMAGE.VIEWS = NUM_VIEWS
+    c.IMAGE.CHANNELS = [32, 64, 128, 256]  # the scratch network's convolutions
+    c.TRAIN = edict()
+    c.TRAIN.FLAG = True
+    c.TRAIN.PRETRAINED_MODEL = ""
+    c.TRAIN.BATCH_SIZE = 40  # -batch_size: distinct classes per batch
+    c.TRAIN.MAX_EPOCH = 200  # -max_epochs; an epoch is as many iterations as training classes
+    c.TRAIN.LEARNING_RATE = 0.0007  # -learning_rate (the scripts')
+    c.TRAIN.LR_DECAY = 0.98  # -learning_rate_decay
+    c.TRAIN.LR_DECAY_AFTER = 1  # -learning_rate_decay_after
+    c.TRAIN.SYMMETRIC = True  # -symmetric
+    c.TRAIN.SNAPSHOT_INTERVAL = 1000  # -eval_val_every (when the Lua saves)
+    c.TRAIN.XLA = "auto"  # as the GAN configs (misc/training/acceleration.py)
+    c.TRAIN.PRECISION = "float32"
+    c.TRAIN.INTRA_OP_THREADS = 0
+    return c
+
+
+def load_text_encoder_config(filename):
+    """The text encoder's defaults merged with the YAML file ``filename``
+    (the GAN configs' rules: known keys, same types), validated."""
+    config = text_encoder_config()
+    cfg_from_file(filename, config)
+    return validate_text_encoder_config(config, source=filename)
+
+
+def validate_text_encoder_config(config, source=None):
+    """One-line ``ConfigError`` naming the key for a value that cannot work
+    (IMAGE.NETWORK is checked against keras.applications when the trainer
+    builds it, before anything is computed)."""
+    where = f"{source}: " if source else ""
+
+    def require(ok, key, value, requirement):
+        if not ok:
+            raise ConfigError(f"{where}{key} is {short_repr(value)}; {requirement}.")
+
+    def positive_ints(values):
+        return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+
+    enc, image, train = config.ENCODER, config.IMAGE, config.TRAIN
+    require(bool(config.DATASET_NAME), "DATASET_NAME", config.DATASET_NAME,
+            "name the dataset folder under DATA_DIR (built by data/build_dataset.py)")
+    require(0 <= config.SEED <= MAX_SEED, "SEED", config.SEED, f"it must be between 0 and {MAX_SEED}")
+    require(enc.ARCHITECTURE in TEXT_ENCODER_ARCHITECTURES, "ENCODER.ARCHITECTURE", enc.ARCHITECTURE,
+            f"use {' or '.join(repr(a) for a in TEXT_ENCODER_ARCHITECTURES)}")
+    require(not enc.CONV_CHANNELS or (len(enc.CONV_CHANNELS) == 3 and positive_ints(enc.CONV_CHANNELS)),
+            "ENCODER.CONV_CHANNELS", enc.CONV_CHANNELS, "give three positive channel counts, or [] for the "
+            "architecture's")
+    require(enc.AVERAGE or enc.ARCHITECTURE == "birds", "ENCODER.AVERAGE", enc.AVERAGE,
+            "the flowers architecture (FixedRNN) always averages its states")
+    require(0.0 <= enc.DROPOUT < 1.0, "ENCODER.DROPOUT", enc.DROPOUT, "give a rate from 0 to below 1")
+    require(enc.EMBEDDING_DIM >= 1, "ENCODER.EMBEDDING_DIM", enc.EMBEDDING_DIM, "it must be at least 1")
+    require(image.NETWORK == SCRATCH or bool(image.WEIGHTS), "IMAGE.WEIGHTS", image.WEIGHTS,
+            f"give the weights file of keras.applications.{image.NETWORK} (nothing is downloaded), or "
+            f"use IMAGE.NETWORK '{SCRATCH}'")
+    require(image.SIZE >= 32, "IMAGE.SIZE", image.SIZE, "it must be at least 32 pixels")
+    require(1 <= image.VIEWS <= NUM_VIEWS, "IMAGE.VIEWS", image.VIEWS, f"give 1 to {NUM_VIEWS}")
+    require(bool(image.CHANNELS) and positive_ints(image.CHANNELS), "IMAGE.CHANNELS", image.CHANNELS,
+            "give the scratch network's convolution channels, e.g. [32, 64, 128, 256]")
+    require(train.BATCH_SIZE >= 2, "TRAIN.BATCH_SIZE", train.BATCH_SIZE,
+            "it must be at least 2 (each class is contrasted with the others of its batch)")
+    for key in ("MAX_EPOCH", "LR_DECAY_AFTER", "SNAPSHOT_INTERVAL", "INTRA_OP_THREADS"):
+        require(train[key] >= 0, f"TRAIN.{key}", train[key], "it must not be negative")
+    require(math.isfinite(train.LEARNING_RATE) and train.LEARNING_RATE > 0, "TRAIN.LEARNING_RATE",
+            train.LEARNING_RATE, "give a positive rate")
+    require(0.0 < train.LR_DECAY <= 1.0, "TRAIN.LR_DECAY", train.LR_DECAY, "give a factor in (0, 1]")
+    require(train.XLA in XLA_SETTINGS, "TRAIN.XLA", train.XLA, f"use one of {', '.join(XLA_SETTINGS)}")
+    require(train.PRECISION in PRECISIONS, "TRAIN.PRECISION", train.PRECISION,
+            f"use one of {', '.join(PRECISIONS)}")
+    require(train.FLAG or bool(train.PRETRAINED_MODEL), "TRAIN.PRETRAINED_MODEL", train.PRETRAINED_MODEL,
+            "TRAIN.FLAG False evaluates a trained encoder: name its snapshot or run folder")
+    return config

@@ -36,10 +36,11 @@ sys.exit(code)
 """
 
 SCRIPTS = ["stageI/run_exp.py", "stageII/run_exp.py", "demo/demo.py", "demo/embed.py",
-           "data/generate_shapes.py"]
+           "data/generate_shapes.py", "data/build_dataset.py"]
 MODULES = ["misc.commands." + name for name in (
     "train", "demo", "embed", "evaluate", "evaluate_shapes", "benchmark", "compare",
-    "convert_checkpoint", "generate_shapes", "preprocess_birds", "preprocess_flowers", "shapes_diagnosis")]
+    "convert_checkpoint", "generate_shapes", "preprocess_birds", "preprocess_flowers", "shapes_diagnosis",
+    "build_dataset", "export_folder", "train_text_encoder", "caption_separation")]
 
 # Commands that read a config (--cfg), with the other arguments they require.
 WITH_CONFIG = {
@@ -48,6 +49,7 @@ WITH_CONFIG = {
     "misc.commands.evaluate_shapes": ["--checkpoint", "missing.ckpt"],
     "misc.commands.benchmark": [], "misc.commands.shapes_diagnosis": [],
     "misc.commands.compare": ["--side", "--xla off", "--side", "--xla on"],
+    "misc.commands.train_text_encoder": [],
 }
 
 

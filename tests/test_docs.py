@@ -36,6 +36,7 @@ SCRIPTS = {
     "demo/demo.py": ("misc.commands.demo", None),
     "demo/embed.py": ("misc.commands.embed", None),
     "data/generate_shapes.py": ("misc.commands.generate_shapes", None),
+    "data/build_dataset.py": ("misc.commands.build_dataset", None),
 }
 COMMANDS_PACKAGE = "misc.commands."
 # `python -m` modules README runs that are tools, not commands of this project.
@@ -44,7 +45,8 @@ TOOLS = ("pytest", "pip", "venv")
 COMMAND_LINE = re.compile(r"^\s*(?:[A-Za-z_]\w*=\S*\s+)*python3?\s")
 # Backticked words that name files of the repository (others name outputs,
 # downloads or placeholders).
-REPOSITORY_PATH = re.compile(r"^(?:stageI|stageII|misc|docs|demo|tests)/|^data/generate_shapes\.py$")
+REPOSITORY_PATH = re.compile(r"^(?:stageI|stageII|misc|docs|demo|tests)/"
+                             r"|^data/(?:generate_shapes|build_dataset)\.py$")
 FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.M | re.S)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 

@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, birds, capsys):
     ]
     encoders = [
         (str(tmp_path / "missing.t7"), ["missing.t7", "text encoder not found"]),
-        (good, ["good.txt", "not a .t7 file"]),
+        (good, ["good.txt", "neither a .t7 nor a .keras file"]),
         (embeddings, ["embeddings.t7", "found a table (fea_txt, raw_txt), expected an nn.gModule"]),
         (linear, ["linear.t7", "found nn.Linear, expected an nn.gModule"]),
         (no_encoder, ["no_enc_doc.t7", "a checkpoint without protos.enc_doc"]),

@@ -109,6 +109,21 @@ def snapshots(log_dir):
                   for p in glob.glob(os.path.join(log_dir, "model-*.index")))
 
 
+def sigterm_during(monkeypatch, iteration):
+    """The process sends itself SIGTERM while the callbacks of ``iteration``
+    run (from TensorBoardSummaries, after StopOnSignal has seen that step);
+    returns the function that ends this."""
+    original = callbacks_module.TensorBoardSummaries.on_train_batch_end
+
+    def signalling(self, batch, logs=None):
+        original(self, batch, logs)
+        if int(self.gan.counter.numpy()) == iteration:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(callbacks_module.TensorBoardSummaries, "on_train_batch_end", signalling)
+    return lambda: monkeypatch.setattr(callbacks_module.TensorBoardSummaries, "on_train_batch_end", original)
+
+
 # 12 training images, batch 2: 6 iterations per epoch, 12 in all; snapshots every 4
 CHAIN = {"TRAIN.BATCH_SIZE": 2, "TRAIN.MAX_EPOCH": 2, "TRAIN.SNAPSHOT_INTERVAL": 4}
 
@@ -139,16 +154,9 @@ def test_killed_resumed_and_preempted_runs_end_bit_identical_to_an_uninterrupted
     assert snapshots(second) == [8]
 
     # 3. resume (model-8: epoch 1, batch 2) and receive SIGTERM during iteration 9
-    original = callbacks_module.TensorBoardSummaries.on_train_batch_end
-
-    def sigterm_at_nine(self, batch, logs=None):
-        original(self, batch, logs)
-        if int(self.gan.counter.numpy()) == 9:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(callbacks_module.TensorBoardSummaries, "on_train_batch_end", sigterm_at_nine)
+    restore = sigterm_during(monkeypatch, 9)
     code, third = run_in_process(stage_i_main, "preempted", **CHAIN, **{"TRAIN.PRETRAINED_MODEL": second})
-    monkeypatch.setattr(callbacks_module.TensorBoardSummaries, "on_train_batch_end", original)
+    restore()
     out = capsys.readouterr().out
     assert code == 143 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert "Training from iteration 8 (epoch 1, batch 2)" in out

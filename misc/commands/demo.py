@@ -25,7 +25,10 @@ The bundled encoder is not the char-CNN-RNN encoder the published models were
 trained with: with those models give ``--text-encoder ENC.t7``, the authors'
 char-CNN-RNN encoder file, which then embeds the typed captions and .txt lines
 byte by byte as get_embedding.lua does (``--lowercase`` lower-cases A-Z
-first; see demo/embed.py), or use .t7 files from get_embedding.lua.
+first; see demo/embed.py), or use .t7 files from get_embedding.lua.  A model
+trained on your own data takes the text encoder its embeddings came from:
+``--text-encoder`` the ``text_encoder.keras`` of
+misc/commands/train_text_encoder.py or its run folder (README, "Your own data").
 
 For every caption TEST.NUM_COPY (at most 16) samples are drawn and saved as
 the reference's sheet ``<out>/sentence<i>.jpg``; ``<out>`` is --out, or the
@@ -96,7 +99,9 @@ def parse_args(argv=None):
                         help="a caption to draw (repeat for more); embedded with the bundled encoder "
                              "or --text-encoder")
     parser.add_argument("--text-encoder", "--text_encoder", dest="text_encoder", default=None,
-                        help="the authors' char-CNN-RNN encoder (.t7) for typed captions and .txt files")
+                        help="the char-CNN-RNN encoder for typed captions and .txt files: the authors' "
+                             "(.t7) or one of misc/commands/train_text_encoder.py (.keras, or its run "
+                             "folder)")
     parser.add_argument("--lowercase", action="store_true",
                         help="with --text-encoder: lower-case A-Z first (get_embedding.lua does not)")
     parser.add_argument("--out", default=None, help="output folder (default: caption path "

@@ -1,5 +1,5 @@
-"""Embed captions with the authors' char-CNN-RNN text encoder, as the StackGAN
-demo's ``get_embedding.lua`` does, without Lua, Torch or a GPU.
+"""Embed captions with a char-CNN-RNN text encoder, as the StackGAN demo's
+``get_embedding.lua`` does, without Lua, Torch or a GPU.
 
     python demo/embed.py --text-encoder ENC.t7 --captions FILE.txt --out OUT.t7
     python demo/embed.py --text-encoder ENC.t7 --captions FILE.txt --out OUT.npy
@@ -17,6 +17,11 @@ get_embedding.lua saves (``raw_txt``, ``fea_txt``; demo.py takes it as
 (N x captions x 1024, in filenames.pickle order); an existing file is
 replaced only with ``--force``.
 
+ENC may also be a text encoder that ``misc/commands/train_text_encoder.py``
+trained (its ``text_encoder.keras``, its run folder, or a folder of runs: the
+newest run's; README, "Your own data"), or ``hash``, the bundled encoder of
+``misc/data/hash_encoder.py`` that the shapes dataset's embeddings come from.
+
 ``--lowercase`` lower-cases A-Z first: a deviation from get_embedding.lua,
 whose alphabet has no capitals (they become all-zero columns), for captions
 typed with a capital at the start (raw_txt keeps the lines as written).  The
@@ -27,13 +32,17 @@ import time
 
 from misc.commands.common import ArgumentParser, run_main
 from misc.config import ConfigError
+from misc.data.hash_encoder import HASH_ENCODER
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(
-        description="Embed captions with the authors' char-CNN-RNN text encoder (see the module docstring).")
+        description="Embed captions with a char-CNN-RNN text encoder (see the module docstring).")
     parser.add_argument("--text-encoder", "--text_encoder", dest="text_encoder", required=True,
-                        help="the authors' char-CNN-RNN encoder (.t7)")
+                        help="the authors' char-CNN-RNN encoder (.t7), one "
+                             "misc/commands/train_text_encoder.py trained"
+                             f" (.keras, or its run folder), or '{HASH_ENCODER}' (the bundled "
+                             "encoder)")
     parser.add_argument("--captions", default=None, help="a text file, one caption per line")
     parser.add_argument("--out", default=None, help="OUT.t7 (get_embedding.lua's layout) or OUT.npy")
     parser.add_argument("--dataset", default=None,
@@ -62,17 +71,17 @@ def main(argv=None):
     from misc.commands.startup import start_tensorflow
 
     start_tensorflow()
-    from misc.evaluation.caption_embeddings import embed_dataset, load_encoder, write_embeddings
-    from misc.nets.char_cnn_rnn import DEFAULT_BATCH_SIZE, embed_captions
+    from misc.evaluation.caption_embeddings import caption_encoder, embed_dataset, write_embeddings
+    from misc.nets.char_cnn_rnn import DEFAULT_BATCH_SIZE
 
-    model, _ = load_encoder(args.text_encoder)
-    print(model.describe())
+    description, encode = caption_encoder(args.text_encoder, lowercase=args.lowercase,
+                                          batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
+    print(description)
     start, cpu_start = time.perf_counter(), time.process_time()
     if args.dataset is not None:
-        count = embed_dataset(model, args.dataset, force=args.force, lowercase=args.lowercase)
+        count = embed_dataset(encode, args.dataset, force=args.force)
     else:
-        embeddings = embed_captions(model, captions, lowercase=args.lowercase,
-                                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
+        embeddings = encode(captions)
         write_embeddings(args.out, captions, embeddings)
         print(f"Wrote {args.out}: {len(captions)} captions, embeddings {list(embeddings.shape)}")
         count = len(captions)

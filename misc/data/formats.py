@@ -3,6 +3,8 @@ shares: the file names of a dataset split, the image sizes the networks see
 and the datasets store, the captions and text embeddings per image, and how
 many samples a sheet shows.  Nothing here imports anything."""
 
+# A dataset's splits, each a folder of the files below.
+SPLITS = ("train", "test")
 # A split's text-embedding file per EMBEDDING_TYPE.
 EMBEDDING_FILES = {
     "cnn-rnn": "char-CNN-RNN-embeddings.pickle",
@@ -20,6 +22,9 @@ LOAD_SIZES = {1: LR_LOAD_SIZE, HR_LR_RATIO: HR_LOAD_SIZE}  # stored image size p
 # this size.
 CAPTIONS_PER_IMAGE = 10
 TEXT_EMBEDDING_DIM = 1024
+# The char-CNN-RNN encoders read a caption's first 201 bytes
+# (get_embedding.lua's doc_length); the dataset builder refuses longer ones.
+SEQUENCE_LENGTH = 201
 # The reference demo and evaluation sheets show at most this many samples
 # per caption.
 MAX_COPIES = 16

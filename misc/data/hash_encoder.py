@@ -31,6 +31,7 @@ from misc.data.formats import TEXT_EMBEDDING_DIM
 
 DEFAULT_DIM = TEXT_EMBEDDING_DIM  # the reference embeddings' size, so the same networks fit
 DEFAULT_SEED = 1234
+HASH_ENCODER = "hash"  # its name for --text-encoder (misc/evaluation/caption_embeddings.py)
 NUM_BUCKETS = 4096
 HASHES_PER_FEATURE = 3
 PAIR_WINDOW = 3

@@ -28,10 +28,9 @@ from misc.config import DatasetError
 from misc.data import safe_pickle
 from misc.data.atomic import check_writable
 from misc.data.datasets import file_names
-from misc.data.formats import HR_LOAD_SIZE, LR_LOAD_SIZE
+from misc.data.formats import HR_LOAD_SIZE, LR_LOAD_SIZE, SPLITS
 from misc.data.pictures import decoded_picture, open_picture
 
-SPLITS = ("train", "test")
 PROGRESS_EVERY = 100
 
 
@@ -65,11 +64,11 @@ def to_rgb(img):
     raise ValueError(f"cannot make RGB from {img.shape[2]} channels")
 
 
-def load_rgb(path):
+def load_rgb(path, fix=PHOTO_FIX):
     """Read an image file as uint8 RGB (H, W, 3) with Pillow; a file that
     is not a readable picture, or is over Pillow's decompression-bomb limit,
-    is a one-line ``PictureError``."""
-    with decoded_picture(path, PHOTO_FIX) as im:
+    is a one-line ``PictureError`` ending in ``fix``."""
+    with decoded_picture(path, fix) as im:
         # Pillow replicates grey into three channels and drops alpha without
         # compositing, which is what channel slicing did in the reference.
         return np.array(im.convert("RGB"))

@@ -74,7 +74,7 @@ from misc.data.atomic import (
     write_text,
 )
 from misc.data.datasets import load_dataset
-from misc.data.formats import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, TEXT_EMBEDDING_DIM
+from misc.data.formats import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, SPLITS, TEXT_EMBEDDING_DIM
 from misc.data.hash_encoder import encode_captions
 from misc.data.preprocessing import make_low_resolution, prepare_image
 
@@ -110,7 +110,6 @@ ATTRIBUTES = ("shape", "color", "background", "size", "position")
 DRAW_SIZE = 2 * HR_LOAD_SIZE
 DEFAULT_NUM_TRAIN = 1200
 DEFAULT_NUM_TEST = 200
-SPLITS = ("train", "test")
 
 # Shape geometry, in units of the radius r around the centre.
 SQUARE_HALF_SIDE = 0.8

@@ -12,6 +12,10 @@ reads and writes.
   them) embedded into ``<split>/char-CNN-RNN-embeddings.pickle``, N x
   captions x D float32 in ``filenames.pickle`` order, the layout the loaders
   read.  An existing embeddings file is replaced only with ``force``.
+* The encoder (``caption_encoder``): the authors' ``.t7``, one trained by
+  misc/commands/train_text_encoder.py (``.keras`` or its run folder), or
+  ``hash``, the bundled encoder (misc/data/hash_encoder.py) that the shapes
+  dataset ships with.
 """
 
 import os
@@ -23,13 +27,21 @@ from misc.config import ConfigError, DatasetError
 from misc.data import safe_pickle
 from misc.data.atomic import atomic_open
 from misc.data.datasets import caption_file, class_id_array, file_names
-from misc.data.formats import EMBEDDING_FILES
-from misc.nets.char_cnn_rnn import TextEncoderError, caption_lines, embed_captions
+from misc.data.formats import EMBEDDING_FILES, SPLITS, TEXT_EMBEDDING_DIM
+from misc.data.hash_encoder import HASH_ENCODER, encode_captions
+from misc.nets.char_cnn_rnn import (
+    DEFAULT_BATCH_SIZE,
+    ENCODER_FILE,
+    TextEncoderError,
+    as_bytes,
+    caption_lines,
+    embed_captions,
+    load_keras_encoder,
+)
 from misc.reference import torch7
 from misc.reference.torch7_encoder import load_torch7_encoder
 
 OUTPUT_SUFFIXES = (".t7", ".npy")
-DATASET_SPLITS = ("train", "test")
 EMBEDDING_FILE = EMBEDDING_FILES["cnn-rnn"]
 
 
@@ -109,32 +121,68 @@ def split_captions(dataset_dir, split, force=False):
     return captions, output
 
 
-def embed_dataset(model, dataset_dir, force=False, lowercase=False, log=print):
+def embed_dataset(encode, dataset_dir, force=False, log=print):
     """Embed the captions of every split of a dataset into its
-    char-CNN-RNN-embeddings.pickle; returns the number of captions.  Every
-    split is checked before the first caption is embedded."""
+    char-CNN-RNN-embeddings.pickle with ``encode`` (captions as bytes ->
+    N x D array, ``caption_encoder``); returns the number of captions.
+    Every split is checked before the first caption is embedded."""
     if not os.path.isdir(dataset_dir):
         raise DatasetError(f"{dataset_dir}: dataset folder not found (--dataset).")
-    plans = [split_captions(dataset_dir, split, force) for split in DATASET_SPLITS]
+    plans = [split_captions(dataset_dir, split, force) for split in SPLITS]
     total = 0
-    for (captions, output), split in zip(plans, DATASET_SPLITS):
+    for (captions, output), split in zip(plans, SPLITS):
         flat = [caption for image in captions for caption in image]
         log(f"{split}: {len(captions)} images x {len(captions[0])} captions")
-        embeddings = embed_captions(model, flat, lowercase=lowercase)
+        embeddings = np.asarray(encode(flat), np.float32)
         safe_pickle.dump(embeddings.reshape(len(captions), len(captions[0]), -1), output)
         log(f"Wrote {output}")
         total += len(flat)
     return total
 
 
+def encoder_in_folder(path):
+    """The text encoder of a training run's folder, or of the newest run below it."""
+    found = [os.path.join(root, ENCODER_FILE) for root, _, files in os.walk(path) if ENCODER_FILE in files]
+    if not found:
+        raise TextEncoderError(f"{path}: no {ENCODER_FILE} in this folder or below it; give a run folder of "
+                               "misc/commands/train_text_encoder.py (ckt_logs/text_encoders/<dataset>/...) "
+                               "or an encoder file.")
+    direct = os.path.join(path, ENCODER_FILE)
+    return direct if direct in found else max(found, key=os.path.getmtime)
+
+
 def load_encoder(path):
     """The text encoder in ``path`` as a ``CharCNNRNN`` (its weights set) and
-    a dict describing where it came from.  Today: the authors' ``.t7`` files
-    (``misc.reference.torch7_encoder``)."""
+    a dict describing where it came from: the authors' ``.t7`` files
+    (``misc.reference.torch7_encoder``), ours (``.keras``, written by
+    misc/commands/train_text_encoder.py), or a folder: a training run's (its
+    ENCODER_FILE), or one holding runs (the newest run's)."""
+    if os.path.isdir(path):
+        path = encoder_in_folder(path)
     if not os.path.isfile(path):
         raise TextEncoderError(f"{path}: text encoder not found (--text-encoder); give the authors' "
-                               "char-CNN-RNN .t7 file (see README, 'Your own captions').")
+                               "char-CNN-RNN .t7 file, a text_encoder.keras of "
+                               "misc/commands/train_text_encoder.py or its run folder (see README, 'Your own "
+                               "captions', 'Your own data').")
+    if path.lower().endswith(".keras"):
+        return load_keras_encoder(path)
     if not path.lower().endswith(".t7"):
-        raise TextEncoderError(f"{path}: not a .t7 file; the text encoders read are the authors' "
-                               "char-CNN-RNN .t7 files (see README, 'Your own captions').")
+        raise TextEncoderError(f"{path}: neither a .t7 nor a .keras file; the text encoders read are the "
+                               "authors' char-CNN-RNN .t7 files and those "
+                               "misc/commands/train_text_encoder.py writes (see README, 'Your own captions', "
+                               "'Your own data').")
     return load_torch7_encoder(path)
+
+
+def caption_encoder(spec, lowercase=False, batch_size=DEFAULT_BATCH_SIZE):
+    """(description, encode) of a --text-encoder: HASH_ENCODER, the bundled
+    encoder (which lower-cases by itself), or
+    any encoder ``load_encoder`` reads.  ``encode`` takes captions as bytes."""
+    if spec == HASH_ENCODER:
+        description = (f"the bundled hash encoder (misc/data/hash_encoder.py), {TEXT_EMBEDDING_DIM}-d "
+                       "output; not a char-CNN-RNN")
+        return description, lambda captions: encode_captions([as_bytes(c).decode("utf-8", errors="replace")
+                                                              for c in captions])
+    model, _ = load_encoder(spec)
+    return model.describe(), lambda captions: embed_captions(model, captions, lowercase=lowercase,
+                                                             batch_size=batch_size)

@@ -37,18 +37,23 @@ layer semantics:
 ``CharCNNRNN`` takes the one-hot input ``(batch, 201, 70)`` (``one_hot``)
 and is an ordinary trainable Keras model: its sizes are keyword arguments,
 dropout is active with ``training=True``.  ``misc.evaluation.caption_embeddings.load_encoder``
-reads an encoder file: today the authors' ``.t7`` files (``misc.reference.torch7_encoder``).
+reads an encoder file: the authors' ``.t7`` files (``misc.reference.torch7_encoder``)
+or one that ``misc/commands/train_text_encoder.py`` trained (``.keras``,
+``load_keras_encoder``).
 """
+
+import json
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from misc.config import CheckpointError
+from misc.data.formats import SEQUENCE_LENGTH
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+-=<>()[]{} "
 ALPHABET_SIZE = len(ALPHABET)
-SEQUENCE_LENGTH = 201  # get_embedding.lua's doc_length
 RNN_TYPES = ("gru", "rnn")
 # The authors' networks (HybridCNNLong.lua, HybridCNN.lua): per convolution its
 # output channels, kernel width and the pooling (kW, dW) after it, if any.
@@ -62,6 +67,17 @@ DEFAULT_BATCH_SIZE = 64  # as fast per caption as 128 on two CPU cores, with 90 
 # with very wide layers cannot exhaust memory.
 MAX_ACTIVATION_BYTES = 1 << 25
 PROGRESS_MIN_CAPTIONS = 1000  # a progress bar for inputs at least this long
+# Largest layer size and number of weights accepted from an encoder file (the
+# authors' largest layer has 1024 units, their birds encoder 4 M weights).
+MAX_LAYER_SIZE = 8192
+MAX_WEIGHTS = 1 << 25
+# What misc/commands/train_text_encoder.py writes (model.save) and how it is read.
+ENCODER_FILE = "text_encoder.keras"
+KERAS_CONFIG = "config.json"
+MAX_CONFIG_BYTES = 1 << 20
+KERAS_CONFIG_KEYS = ("alphabet_size", "sequence_length", "conv_channels", "conv_widths", "conv_strides",
+                     "pools", "rnn", "average", "embedding_dim", "dropout", "dropout_scaled_in_training",
+                     "threshold", "threshold_value")
 
 
 class TextEncoderError(CheckpointError):
@@ -137,6 +153,10 @@ class TorchDropout(keras.layers.Layer):
         self.scaled_in_training = bool(scaled_in_training)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # An attribute, so that tf.train.Checkpoint saves the masks' random
+        # state with the weights (a resumed training run draws the masks an
+        # uninterrupted one draws).
+        self.seed_state = self.seed_generator.state
 
     def call(self, inputs, training=False):
         if self.rate == 0.0:
@@ -329,3 +349,55 @@ def embed_captions(model, captions, lowercase=False, batch_size=DEFAULT_BATCH_SI
         if bar is not None:
             bar.add(len(batch))
     return out
+
+
+# -- encoders trained here (.keras) ---------------------------------------------
+
+def weight_count(conv_channels, conv_widths, rnn, embedding_dim, alphabet_size=ALPHABET_SIZE, **_):
+    """How many weights a CharCNNRNN of these sizes has (before building it)."""
+    inputs = [alphabet_size] + list(conv_channels[:-1])
+    total = sum(i * w * o + o for i, w, o in zip(inputs, conv_widths, conv_channels))
+    size = conv_channels[-1]
+    gates = 6 if rnn == "gru" else 2
+    return total + gates * (size * size + size) + size * embedding_dim + embedding_dim
+
+
+def check_sizes(kwargs, path):
+    """A .keras encoder's sizes, bounded before anything is allocated."""
+    sizes = list(kwargs["conv_channels"]) + [kwargs["embedding_dim"]]
+    widths = list(kwargs["conv_widths"]) + [w for p in kwargs["pools"] if p for w in p]
+    if kwargs["alphabet_size"] != ALPHABET_SIZE or kwargs["sequence_length"] != SEQUENCE_LENGTH:
+        raise TextEncoderError(f"{path}: reads {kwargs['sequence_length']} x {kwargs['alphabet_size']} "
+                               f"inputs; the captions are {SEQUENCE_LENGTH} x {ALPHABET_SIZE}.")
+    if not all(1 <= int(v) <= MAX_LAYER_SIZE for v in sizes) or \
+            not all(1 <= int(w) <= SEQUENCE_LENGTH for w in widths):
+        raise TextEncoderError(f"{path}: layer sizes {sizes} or widths {widths} out of range (sizes 1 to "
+                               f"{MAX_LAYER_SIZE}, widths 1 to {SEQUENCE_LENGTH}).")
+    if weight_count(**kwargs) > MAX_WEIGHTS:
+        raise TextEncoderError(f"{path}: {weight_count(**kwargs)} weights; at most {MAX_WEIGHTS} are "
+                               "supported.")
+
+
+def load_keras_encoder(path):
+    """A CharCNNRNN saved by misc/commands/train_text_encoder.py
+    (``model.save``): its config is read and checked first (a CharCNNRNN of
+    bounded size), then the model is built from it and its weights are
+    loaded."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.getinfo(KERAS_CONFIG).file_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"{KERAS_CONFIG} is over {MAX_CONFIG_BYTES} bytes")
+            saved = json.loads(archive.read(KERAS_CONFIG))
+        if saved.get("class_name") != CharCNNRNN.__name__:
+            raise ValueError(f"it holds a {saved.get('class_name')!r}, not a {CharCNNRNN.__name__}")
+        kwargs = {key: saved["config"][key] for key in KERAS_CONFIG_KEYS}
+        check_sizes(kwargs, path)
+        model = CharCNNRNN(**kwargs)
+        model.load_weights(path)
+    except TextEncoderError:
+        raise
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise TextEncoderError(f"{path}: not a text encoder written by misc/commands/train_text_encoder.py "
+                               f"({type(exc).__name__}: {detail}).") from None
+    return model, {"path": path, "source": "keras"}

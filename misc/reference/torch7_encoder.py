@@ -28,14 +28,18 @@ import math
 import keras
 import numpy as np
 
-from misc.nets.char_cnn_rnn import ALPHABET_SIZE, SEQUENCE_LENGTH, CharCNNRNN, TextEncoderError, frames_after
+from misc.nets.char_cnn_rnn import (
+    ALPHABET_SIZE,
+    MAX_LAYER_SIZE,
+    MAX_WEIGHTS,
+    SEQUENCE_LENGTH,
+    CharCNNRNN,
+    TextEncoderError,
+    frames_after,
+)
 from misc.reference import torch7
 from misc.reference.torch7 import shown
 
-# Largest layer size and number of weights accepted from a file (the
-# authors' largest layer has 1024 units, their birds encoder 4 M weights).
-MAX_LAYER_SIZE = 8192
-MAX_WEIGHTS = 1 << 25
 # cudnn's modules compute what their nn twins compute.
 ALIASES = {"cudnn.Tanh": "nn.Tanh", "cudnn.Sigmoid": "nn.Sigmoid", "cudnn.ReLU": "nn.ReLU"}
 COMMUTATIVE = ("nn.CAddTable", "nn.CMulTable")

@@ -108,14 +108,33 @@ class Run:
     keep_every_n_hours: float = 2  # snapshots kept for good besides the last five
     log_dir: str = None         # where it writes
     chief: bool = True          # whether it writes the outputs (the chief of a cluster)
+    batches: object = None      # batches(first iteration) -> the dataset; None: the split's (the stages)
+    steps_per_epoch: int = None  # None: the split's images / TRAIN.BATCH_SIZE
+    snapshotter: type = Snapshotter
+    guard: type = DivergenceGuard
 
     @property
     def steps(self):
-        return iterations_per_epoch(self.split, self.config.TRAIN.BATCH_SIZE)
+        return self.steps_per_epoch or iterations_per_epoch(self.split, self.config.TRAIN.BATCH_SIZE)
+
+    def dataset(self, first_step):
+        """The batches from iteration ``first_step`` on."""
+        if self.batches is not None:
+            return self.batches(first_step)
+        train_cfg = self.config.TRAIN
+        return distributed_training_dataset(
+            self.gan.distribute_strategy, self.split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
+            self.gan.noise_spec(), seed=self.config.SEED, first_step=first_step)
 
 
-def train(gan, split, config, *, make_preview, rate_for, start_path=None, keep_every_n_hours=2):
+def train(gan, split, config, *, make_preview, rate_for, start_path=None, keep_every_n_hours=2,
+          batches=None, steps=None, snapshotter=Snapshotter, guard=DivergenceGuard, log_root=LOG_ROOT):
     """Train ``gan`` on ``split`` from its counter to TRAIN.MAX_EPOCH.
+
+    A trainer that is not a stage's (the text encoder's,
+    misc/training/sje_trainer.py) gives its own ``batches(first iteration)``
+    and ``steps`` per epoch instead of a split, and may give its own
+    ``snapshotter`` and ``guard`` classes and ``log_root``.
 
     A new log folder is made (leftovers of interrupted saves are first
     removed from the folder of ``start_path``, the checkpoint resumed from)
@@ -125,7 +144,8 @@ def train(gan, split, config, *, make_preview, rate_for, start_path=None, keep_e
     snapshot.  Returns the final snapshot (None when there was nothing to
     train).
     """
-    run = Run(gan, split, config, make_preview, rate_for, start_path, keep_every_n_hours)
+    run = Run(gan, split, config, make_preview, rate_for, start_path, keep_every_n_hours,
+              batches=batches, steps_per_epoch=steps, snapshotter=snapshotter, guard=guard)
     first = int(gan.counter.numpy())
     if not fit_phases(first, run.steps, config.TRAIN.MAX_EPOCH):
         print(f"Nothing to train: the model is at epoch {first // run.steps} "
@@ -142,7 +162,7 @@ def train(gan, split, config, *, make_preview, rate_for, start_path=None, keep_e
     if start_path:
         for path in remove_snapshot_leftovers(os.path.dirname(start_path) or "."):
             print(f"Removed {path}, left by an interrupted snapshot.")
-    run.log_dir = new_log_dir(config)
+    run.log_dir = new_log_dir(config, log_root)
     last = _fit(run, first)
     sheets = sorted(name for name in os.listdir(run.log_dir) if name.endswith(".jpg"))
     print(f"Done: iteration {int(gan.counter.numpy())} (epoch {config.TRAIN.MAX_EPOCH}) in {run.log_dir}: "
@@ -158,9 +178,9 @@ def _fit(run, first):
     gan, train_cfg, steps, log_dir = run.gan, run.config.TRAIN, run.steps, run.log_dir
     multi_worker = isinstance(gan.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with exclusive_lock(os.path.join(log_dir, RUN_LOCK)), StopOnSignal(synchronized=multi_worker) as stop:
-        snapshotter = Snapshotter(gan, log_dir, keep_every_n_hours=run.keep_every_n_hours,
-                                  start_path=run.start_path, reported=run.chief)
-        guard = DivergenceGuard(gan, snapshotter)
+        snapshotter = run.snapshotter(gan, log_dir, keep_every_n_hours=run.keep_every_n_hours,
+                                      start_path=run.start_path, reported=run.chief)
+        guard = run.guard(gan, snapshotter)
         snapshot = PeriodicSnapshot(gan, snapshotter, train_cfg.SNAPSHOT_INTERVAL, guard,
                                     log=print if run.chief else lambda message: None)
         last = LastIteration(first)
@@ -190,10 +210,7 @@ def _fit(run, first):
             for initial_epoch, end_epoch, epoch_steps, first_step in fit_phases(first, steps,
                                                                                train_cfg.MAX_EPOCH):
                 extra = [KeepEpochMeans(gan)] if first_step % steps else []
-                dataset = distributed_training_dataset(
-                    gan.distribute_strategy, run.split, train_cfg.BATCH_SIZE, train_cfg.NUM_EMBEDDING,
-                    gan.noise_spec(), seed=run.config.SEED, first_step=first_step)
-                gan.fit(dataset, epochs=end_epoch, initial_epoch=initial_epoch,
+                gan.fit(run.dataset(first_step), epochs=end_epoch, initial_epoch=initial_epoch,
                         steps_per_epoch=epoch_steps, callbacks=callbacks + extra, verbose=int(terminal),
                         shuffle=False)
                 if stop.should_stop:
