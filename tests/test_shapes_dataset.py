@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from misc.data import safe_pickle
+from misc.data import safe_pickle, shapes
 from misc.data.formats import LR_IMAGE_SIZE, LR_LOAD_SIZE
 from misc.data.preprocessing import resize_bicubic
 from misc.data.shapes import (
@@ -273,3 +273,24 @@ def test_stage_one_only_dataset_drops_stale_high_resolution_files(tmp_path):
     assert messages == []  # complete for stage I
     ensure_dataset(str(tmp_path), hr=True, num_train=3, num_test=2, log=messages.append)
     assert len(messages) == 1 and os.path.isfile(os.path.join(path, "train", "304images.pickle"))
+
+
+def test_words_no_bundled_caption_uses_are_named_by_the_demo(capsys):
+    """Issue 25: the bundled encoder embeds any word, so a typed word the
+    shapes captions never use is drawn as noise; the demo names it."""
+    from easydict import EasyDict
+
+    from misc.commands.demo import warn_unknown_words
+
+    rng = np.random.default_rng(0)
+    generated = [caption for attrs in shapes.sample_attributes(rng, 60, shapes.RECIPES["shapes"])
+                 for caption in shapes.make_captions(attrs, rng)]
+    assert not any(shapes.unknown_words(caption) for caption in generated)
+    assert {"circle", "purple", "backdrop", "little", "middle"} <= shapes.vocabulary()
+    assert shapes.unknown_words("A purple Hexagon on pink, a pink hexagon") == ["hexagon", "pink"]
+    captions = ["a small blue circle on a black background", "a purple hexagon on pink"]
+    warn_unknown_words(EasyDict(DATASET_NAME="shapes"), captions)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: caption 2 ") and "hexagon, pink;" in lines[0]
+    warn_unknown_words(EasyDict(DATASET_NAME="birds"), captions)
+    assert capsys.readouterr().out == ""

@@ -210,6 +210,22 @@ def read_embedding_array(path, name):
     return array
 
 
+def warn_unknown_words(config, captions):
+    """A line for each caption with words a model trained on a bundled shapes
+    dataset has never seen (the bundled encoder embeds any word, so it would
+    draw them as noise)."""
+    from misc.data import shapes
+
+    if config.DATASET_NAME not in shapes.RECIPES:
+        return
+    for number, caption in enumerate(captions, 1):
+        words = shapes.unknown_words(caption)
+        if words:
+            print(f"warning: caption {number} ({caption!r}): the shapes captions never use "
+                  f"{', '.join(words)}; the model has not learnt them (the words it knows: README, "
+                  "Quick start).")
+
+
 def load_inputs(args, config, info, is_reference):
     """(captions, embeddings (N, D) float32, output folder, the option that
     named it)."""
@@ -268,6 +284,8 @@ def load_inputs(args, config, info, is_reference):
             print("note: captions are embedded with the bundled encoder (misc/data/hash_encoder.py), not the "
                   "char-CNN-RNN encoder the published models were trained with; use a .t7 file from "
                   "demo/get_embedding.lua for meaningful samples.")
+        else:
+            warn_unknown_words(config, captions)
         embeddings = encode_captions(captions, dim=info.embedding_dim)
     if embeddings.shape[1] != info.embedding_dim:
         raise InputError(

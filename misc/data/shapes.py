@@ -53,6 +53,7 @@ FIFO or device is always refused.  Counts are 1 to ``MAX_IMAGES`` per split
 is checked before anything is written.
 """
 
+import functools
 import json
 import math
 import os
@@ -75,7 +76,7 @@ from misc.data.atomic import (
 )
 from misc.data.datasets import load_dataset
 from misc.data.formats import CAPTIONS_PER_IMAGE, HR_LOAD_SIZE, LR_LOAD_SIZE, SPLITS, TEXT_EMBEDDING_DIM
-from misc.data.hash_encoder import encode_captions
+from misc.data.hash_encoder import content_words, encode_captions
 from misc.data.preprocessing import make_low_resolution, prepare_image
 
 # ---------------------------------------------------------------- attributes
@@ -267,6 +268,22 @@ CAPTION_TEMPLATES = (
     "the {bgword} is {bg} and a {size} {color} {shape} sits {pos}",
 )
 _ARTICLE_RE = re.compile(r"\ba (?=[aeiou])")
+
+
+@functools.lru_cache(maxsize=1)
+def vocabulary():
+    """Every word the bundled datasets' captions use, less the filler words
+    the hash encoder drops: a model trained on them has learnt no other."""
+    pieces = [*CAPTION_TEMPLATES, *SHAPES, *COLORS, *BACKGROUNDS, *BACKGROUND_WORDS,
+              *(word for words in SIZE_WORDS.values() for word in words),
+              *(phrase for phrases in POSITION_PHRASES.values() for phrase in phrases)]
+    return frozenset(word for piece in pieces for word in content_words(re.sub(r"\{\w+\}", " ", piece)))
+
+
+def unknown_words(caption):
+    """The words of ``caption`` that no bundled caption uses, in order."""
+    known = vocabulary()
+    return list(dict.fromkeys(word for word in content_words(caption) if word not in known))
 
 
 def make_captions(attrs, rng, count=CAPTIONS_PER_IMAGE):
