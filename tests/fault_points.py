@@ -16,9 +16,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {**os.environ, "PYTHONPATH": ROOT}  # the child imports misc, data ... from the repository
 
 
+def answer_ctrl_c():
+    """In a child before it starts: SIGINT's default action, so that Python
+    turns it into KeyboardInterrupt as in a terminal (a suite started in the
+    background by a shell ignores SIGINT, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_until_ready(argv, ready, timeout=300, **popen_kwargs):
     """Start ``argv`` and wait until it has created the file ``ready``."""
-    child = subprocess.Popen(argv, env=CHILD_ENV, **popen_kwargs)
+    child = subprocess.Popen(argv, env=CHILD_ENV, preexec_fn=answer_ctrl_c, **popen_kwargs)
     deadline = time.monotonic() + timeout
     try:
         while not os.path.exists(ready):
