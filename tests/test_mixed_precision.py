@@ -96,7 +96,10 @@ def test_float16_loss_scaling_skips_non_finite_updates():
 def test_a_non_finite_gradient_on_one_replica_skips_the_step_on_all():
     """Each replica checks its own gradients before they are all-reduced: the
     verdict must be the same everywhere (two logical CPUs, one sees inf)."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # (reduced through one device: collective ops would share instance keys
+    # with the other tests' strategies in this process)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         scaler = LossScaleOptimizer(keras.optimizers.SGD(1.0))
 
