@@ -61,7 +61,7 @@ def test_without_conditioning_augmentation_c_is_the_mean_and_there_is_no_kl():
     out = augmented.generator(batch["embeddings"], batch["d_eps"], batch["d_z"], training=False)
     expected = out["mean"] + tf.exp(out["log_sigma"]) * batch["d_eps"]
     np.testing.assert_allclose(out["c"].numpy(), expected.numpy(), rtol=1e-6)
-    losses, outputs = augmented.discriminator_step(batch)
+    losses, outputs = augmented.discriminator_update(batch)
     kl = 2.0 * float(tf.reduce_mean(kl_divergence_terms(outputs["mean"], outputs["log_sigma"])))
     assert float(losses["g_loss_kl_loss"]) == pytest.approx(kl, rel=1e-5)
 
