@@ -216,18 +216,21 @@ def test_ctrl_c_saves_a_snapshot_to_resume_from(workdir, monkeypatch, capsys):
 
 def test_command_line_from_the_repository_root_without_pythonpath(workdir):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    write_config("cli.yml", tiny_train_config(**{"TRAIN.MAX_EPOCH": 1}))
+    write_config("cli.yml", tiny_train_config(**{"TRAIN.MAX_EPOCH": 2}))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "stageI", "run_exp.py"), "--cfg", "cli.yml"],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Epoch 1/1 | d_loss" in done.stdout and glob.glob("ckt_logs/tiny/stageI_*/model-3.index")
+    assert "Epoch 2/2 | d_loss" in done.stdout and glob.glob("ckt_logs/tiny/stageI_*/model-6.index")
     # Not a terminal: plain dated progress lines, no bar; a closing line names the outputs.
     assert "\x1b" not in done.stdout and "\b" not in done.stdout and "\r" not in done.stdout
-    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch 1/1, iteration 3/3, [\d.e-]+ s/iteration, "
-                     r"0:00:00 left: d_loss: [\d.]+; g_loss: [\d.]+$", done.stdout, re.M), done.stdout
+    # each epoch's line numbers the epoch it ends, as the epoch summary below it does
+    for epoch, iteration in ((1, 3), (2, 6)):
+        assert re.search(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d epoch {epoch}/2, iteration {iteration}/6, "
+                         r"[\d.e-]+ s/iteration, \d:\d\d:\d\d left: d_loss: [\d.]+; g_loss: [\d.]+\n"
+                         rf"Epoch {epoch}/2 \| d_loss", done.stdout, re.M), done.stdout
     (run_dir,) = glob.glob("ckt_logs/tiny/stageI_*")
     assert done.stdout.strip().splitlines()[-1] == (
-        f"Done: iteration 3 (epoch 1) in {run_dir}: the snapshot model-3, the sample sheets test.jpg, "
+        f"Done: iteration 6 (epoch 2) in {run_dir}: the snapshot model-6, the sample sheets test.jpg, "
         f"train.jpg; TensorBoard: tensorboard --logdir {run_dir}")
     # README's Stage-II step before its Stage-I step: one line saying to train
     # Stage-I first, before the dataset is generated.

@@ -337,7 +337,7 @@ class PlainProgress(keras.callbacks.Callback):
 
     def report(self, counter, now, logs):
         self.last_line = (now, counter)
-        epoch = min(counter // self.steps + 1, self.total_epochs)
+        epoch = max(1, -(-counter // self.steps))  # the epoch of the last iteration done, from 1
         losses = "; ".join(f"{k}: {float(v):.4g}" for k, v in Progress.visible(logs).items())
         done, seconds = counter - self.start[1], now - self.start[0]
         speed = ""
