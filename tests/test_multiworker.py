@@ -19,10 +19,11 @@
 Against one process, the workers' gradients and losses are float32 sums in
 another order (the all-reduce), so the runs agree to rounding, amplified by
 free GAN steps.  At iteration 1 (same weights, same global batch, no update
-yet) every logged loss agrees to 1e-5: the workers saw the global batch, with
-synchronised batch statistics and global-batch means.  After updates the
-weights are everywhere within the Adam bound of the steps taken (2 x steps x
-lr), and a fraction of the elements within lr / 2 (a worker on wrong data
+yet) every logged D loss agrees to 1e-5: the workers saw the global batch, with
+synchronised batch statistics and global-batch means; the G losses are computed
+after that iteration's D update, so they agree as later losses do.  After
+updates the weights are everywhere within the Adam bound of the steps taken
+(``adam_travel``), and a fraction of the elements within lr / 2 (a worker on wrong data
 moves about half of them by ~2 lr on its first step): 95% after one Stage-II
 iteration, 98% after 6 free Stage-I iterations, whose losses agree to 1e-2
 (observed 1.5e-5) and batch-norm statistics to 1e-5.  Where an exact
@@ -278,6 +279,22 @@ def assert_worker_left_nothing():
     assert os.listdir("w1") == [] and os.listdir("tmp1") == []
 
 
+def adam_travel(steps, beta1=0.5, beta2=0.999):
+    """How far, in learning rates, ``steps`` Adam updates (the optimizer's
+    betas) can move a weight whatever the gradients: step t's bias-corrected
+    m / sqrt(v) is a weighted sum of the gradients over the root of a
+    weighted sum of their squares, at most sqrt(sum w_i^2 / u_i) by
+    Cauchy-Schwarz (1 for the first step, 1.054 for the second with these
+    betas: more than lr; epsilon only shrinks it)."""
+    total = 0.0
+    for t in range(1, steps + 1):
+        ages = np.arange(t)[::-1]  # of gradients 1..t at step t
+        w = (1 - beta1) * beta1 ** ages / (1 - beta1 ** t)
+        u = (1 - beta2) * beta2 ** ages / (1 - beta2 ** t)
+        total += np.sqrt(np.sum(w ** 2 / u))
+    return total
+
+
 def assert_like_one_process(single, multi, steps, close=0.98, stats_atol=1e-5, means=True,
                             updated_before_last_pass=(), after_update_atol=1e-3):
     """Snapshots of a single-process and a two-worker run after ``steps``
@@ -296,7 +313,7 @@ def assert_like_one_process(single, multi, steps, close=0.98, stats_atol=1e-5, m
     names = variables(a)
     assert names == variables(b)
     weight_diffs = []
-    bound = 2 * steps * LR
+    bound = 2 * adam_travel(steps) * LR
     for name in names:
         x, y = a.get_tensor(name), b.get_tensor(name)
         if x.dtype.kind != "f":  # counters, optimizer step counts
@@ -318,7 +335,10 @@ def assert_like_one_process(single, multi, steps, close=0.98, stats_atol=1e-5, m
             assert diff <= atol, (name, diff)
         elif "optimizer/_trainable_variables/" in name:  # the weights (saved under their optimizer)
             diff = np.abs(x - y)
-            assert diff.max() <= bound, (name, diff.max())
+            # two runs stepping apart, plus the float32 rounding of the
+            # weights each step lands on
+            rounding = steps * (np.spacing(np.abs(x)) + np.spacing(np.abs(y)))
+            assert np.all(diff <= bound + rounding), (name, diff.max())
             weight_diffs.append(diff.ravel())
     fraction = np.mean(np.concatenate(weight_diffs) <= LR / 2)
     if close is not None:
@@ -328,14 +348,18 @@ def assert_like_one_process(single, multi, steps, close=0.98, stats_atol=1e-5, m
 
 def assert_same_losses(single_dir, multi_dir, tags, steps):
     """The two-worker run logged the losses the single process logged at
-    iterations ``steps``: at iteration 1 (same initial weights, same global
-    batch, no update yet) to float32 rounding, later to LOSS_RTOL."""
+    iterations ``steps``: the D losses of iteration 1 (same initial weights,
+    same global batch, no update yet) to float32 rounding; the rest, computed
+    after an update (G's come after the iteration's D update, whose Adam steps
+    on near-zero gradients take the sign of rounding noise), to LOSS_RTOL."""
     a, b = summary_values(single_dir), summary_values(multi_dir)
     for tag in tags:
         expected, logged = dict(a[tag]), dict(b[tag])
         assert set(steps) <= set(logged), (tag, sorted(logged))
+        before_any_update = "d_loss" in tag
         for step in steps:
-            np.testing.assert_allclose(logged[step], expected[step], rtol=1e-5 if step == 1 else LOSS_RTOL,
+            rtol = 1e-5 if step == 1 and before_any_update else LOSS_RTOL
+            np.testing.assert_allclose(logged[step], expected[step], rtol=rtol,
                                        err_msg=f"{tag} at iteration {step}")
 
 
