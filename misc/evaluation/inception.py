@@ -45,6 +45,7 @@ from PIL import Image
 from misc.config import CheckpointError
 from misc.data.pictures import PictureError, decoded_picture
 from misc.evaluation.defaults import AUTHORS_BATCH_SIZE, AUTHORS_SPLITS
+from misc.reference.tf1_checkpoint import load_reader
 from misc.training.checkpoints import check_checkpoint_files, verify_checkpoint_data
 
 INPUT_SIZE = 299
@@ -333,18 +334,14 @@ class InceptionCheckpoint:
         self.path = path
         if not os.path.isdir(path):
             check_checkpoint_files(path, "--inception", InceptionError)
-        try:
-            self.reader = tf.train.load_checkpoint(path)
-        except Exception as exc:  # NotFound, DataLoss, ...
-            if not (os.path.exists(path) or os.path.exists(path + ".index")):
-                raise InceptionError(
-                    f"{path}: Inception checkpoint not found (looked for the file and for "
-                    f"{path}.index). Give --inception the model.ckpt-5000 of the authors' "
-                    "evaluation model (see README, 'Evaluating a model').") from None
-            raise InceptionError(
-                f"{path}: not a TensorFlow checkpoint, or a damaged one ({type(exc).__name__}). Give "
-                "--inception the authors' model.ckpt-5000 (V1 file, or V2 prefix without .index; "
-                "download it again if it is damaged).") from None
+        self.reader = load_reader(
+            path, InceptionError,
+            missing="{path}: Inception checkpoint not found (looked for the file and for {path}.index). "
+                    "Give --inception the model.ckpt-5000 of the authors' evaluation model (see README, "
+                    "'Evaluating a model').",
+            unreadable="{path}: not a TensorFlow checkpoint, or a damaged one ({error}). Give --inception "
+                       "the authors' model.ckpt-5000 (V1 file, or V2 prefix without .index; download it "
+                       "again if it is damaged).")
         self.shapes = {k: tuple(v) for k, v in self.reader.get_variable_to_shape_map().items()}
         key = LOGITS_WEIGHTS + AVERAGE_SUFFIX
         if key not in self.shapes:

@@ -65,23 +65,29 @@ def is_reference_checkpoint(path):
     return any(n.split("/", 1)[0] in NETWORK_SCOPES for n in names)
 
 
+def load_reader(path, error, *, missing, unreadable):
+    """``tf.train.load_checkpoint(path)`` (a V1 file or a V2 prefix), its
+    failure one line of ``error``: ``missing`` when neither the file nor its
+    .index exists, else ``unreadable`` (templates of ``{path}`` and
+    ``{error}``, the exception's type)."""
+    try:
+        return tf.train.load_checkpoint(path)
+    except Exception as exc:  # NotFound, DataLoss, ...
+        found = os.path.exists(path) or os.path.exists(path + ".index")
+        raise error((unreadable if found else missing).format(path=path, error=type(exc).__name__)) from None
+
+
 class ReferenceCheckpoint:
     """A reference checkpoint opened for reading."""
 
     def __init__(self, path):
         self.path = path
-        try:
-            self.reader = tf.train.load_checkpoint(path)
-        except Exception as exc:  # NotFound, DataLoss, ...
-            if not (os.path.exists(path) or os.path.exists(path + ".index")):
-                raise CheckpointError(
-                    f"{path}: checkpoint not found (looked for the file itself and for "
-                    f"{path}.index). Check TRAIN.PRETRAINED_MODEL / TEST.PRETRAINED_MODEL."
-                ) from None
-            raise CheckpointError(
-                f"{path}: not a TensorFlow checkpoint ({type(exc).__name__}). Point the "
-                "config at a StackGAN .ckpt file (V1) or checkpoint prefix (V2)."
-            ) from None
+        self.reader = load_reader(
+            path, CheckpointError,
+            missing="{path}: checkpoint not found (looked for the file itself and for {path}.index). "
+                    "Check TRAIN.PRETRAINED_MODEL / TEST.PRETRAINED_MODEL.",
+            unreadable="{path}: not a TensorFlow checkpoint ({error}). Point the config at a StackGAN "
+                       ".ckpt file (V1) or checkpoint prefix (V2).")
         self.shapes = {k: tuple(v) for k, v in self.reader.get_variable_to_shape_map().items()}
         if not any(n.split("/", 1)[0] in NETWORK_SCOPES for n in self.shapes):
             raise CheckpointError(
